@@ -16,7 +16,7 @@ from .train import train, load_run, preset, preset_for_env, in_test, Run, RunCon
 # %% auto #0
 __all__ = ['WINDOW_STYLE', 'PHASE_MEASURES', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window',
            'icl_fraction_in_window', 'shade', 'RunTables', 'fig_overview', 'fig_window', 'fig_heads',
-           'fig_loss_by_index', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
+           'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
            'summarize', 'summary_table', 'seed_spread', 'run_tables', 'phase_change_runs', 'draw_figures',
            'phase_change', 'report', 'phase_change_cmd']
 
@@ -129,7 +129,7 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
         c = _color(t, i)
         axs[0].plot(*_smooth_train(t), color=c, lw=1.2, label=t.name)
         axs[1].plot(t.snaps.tokens, t.snaps.icl, color=c, lw=1.2, marker='.', ms=3)
-        if 'icl_lo' in t.snaps: axs[1].fill_between(t.snaps.tokens, t.snaps.icl_lo, t.snaps.icl_hi, color=c, alpha=0.15, lw=0)
+        if 'icl_lo' in t.snaps and i == 0: axs[1].fill_between(t.snaps.tokens, t.snaps.icl_lo, t.snaps.icl_hi, color=c, alpha=0.12, lw=0)
         axs[2].plot(t.snaps.tokens, t.snaps.prefix_max, color=c, lw=1.2)
         if baseline is not None and t is not baseline:
             bx, by = _smooth_train(baseline); x, y = _smooth_train(t)
@@ -182,21 +182,32 @@ def fig_loss_by_index(t: RunTables, window: PhaseWindow|None=None, indices=(1, 5
     ax.legend(fontsize=8, ncol=2); ax.set_title(f'{t.name}: loss at different token indices', fontsize=10)
     fig.tight_layout(); return fig
 
-def loss_index_derivative(loss_by_pos: np.ndarray) -> np.ndarray:
-    "d loss / d ln(token index) `[snapshot, token index ≥ 1]`: how much one more e-fold of context helps."
-    return np.gradient(loss_by_pos[:, 1:], np.log(np.arange(1, loss_by_pos.shape[1])), axis=1)
+def log_bins(n_pos: int, n_bins: int=8) -> list[np.ndarray]:
+    "Token indices 1..n_pos-1 grouped into up to `n_bins` log-spaced, non-empty bins."
+    edges = np.unique(np.round(np.geomspace(1, n_pos, n_bins + 1)).astype(int))
+    return [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
-def fig_loss_heatmaps(tables: list[RunTables], window: PhaseWindow|None=None, vmax: float=0.3):
-    "Heatmaps (snapshots × token index): loss, and its derivative with respect to ln(token index)."
+def loss_index_derivative(loss_by_pos: np.ndarray, n_bins: int=8) -> tuple[np.ndarray, np.ndarray]:
+    """`(bin centres, d loss / d ln(token index) [snapshot, bin])`: how much the loss falls per e-fold more context.
+    Positions are averaged in log-spaced bins first; per-position curves are too noisy to differentiate."""
+    bins = log_bins(loss_by_pos.shape[1], n_bins)
+    centres = np.array([np.exp(np.log(b).mean()) for b in bins])
+    binned = np.stack([loss_by_pos[:, b].mean(1) for b in bins], 1)
+    return centres, np.gradient(binned, np.log(centres), axis=1)
+
+def fig_loss_heatmaps(tables: list[RunTables], window: PhaseWindow|None=None, vmax: float=0.3, min_tokens: float=2e5):
+    "Heatmaps (snapshots × token index) of the loss and of its derivative with respect to ln(token index)."
     fig, axs = plt.subplots(2, len(tables), figsize=(4.2 * len(tables), 6.4), squeeze=False)
     for j, t in enumerate(tables):
-        keep = t.snaps.tokens.values > 0
+        keep = t.snaps.tokens.values >= min_tokens
         tok, lbp = t.snaps.tokens.values[keep], t.loss_by_pos[keep]
+        centres, d = loss_index_derivative(lbp)
         idx = np.arange(1, lbp.shape[1])
-        for i, (z, kw, lab) in enumerate([(lbp[:, 1:], dict(cmap='magma_r', vmin=np.percentile(lbp, 1), vmax=np.percentile(lbp, 99)), 'loss'),
-                                          (loss_index_derivative(lbp), dict(cmap='RdBu', vmin=-vmax, vmax=vmax), 'd loss / d ln(index)')]):
+        panels = [(idx, lbp[:, 1:], dict(cmap='magma_r', vmin=np.percentile(lbp[:, 1:], 1), vmax=np.percentile(lbp[:, 1:], 99)), 'loss (nats)'),
+                  (centres, d, dict(cmap='RdBu_r', vmin=-vmax, vmax=vmax), 'd loss / d ln(token index)')]
+        for i, (x, z, kw, lab) in enumerate(panels):
             ax = axs[i][j]
-            m = ax.pcolormesh(idx, tok, z, shading='nearest', rasterized=True, **kw)
+            m = ax.pcolormesh(x, tok, z, shading='nearest', rasterized=True, **kw)
             ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlabel('token index'); fig.colorbar(m, ax=ax, label=lab)
             if window is not None:
                 for y in (window.start, window.end): ax.axhline(y, color='tab:orange', lw=1.2, ls='--')
