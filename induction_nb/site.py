@@ -23,7 +23,7 @@ from nbdev.processors import (populate_language, add_show_docs, strip_ansi, hide
 # %% auto #0
 __all__ = ['site_notebooks', 'page_name', 'split_title_cell', 'static_show_docs', 'apply_cell_options', 'fix_links',
            'process_notebook', 'mathjax_dir', 'copy_mathjax', 'default_cache', 'iframe_worker_shim', 'mkdocs_config',
-           'slugify', 'build_site', 'check_site', 'site_setup', 'site_run', 'site_main']
+           'slugify', 'build_site', 'check_site', 'site_setup', 'site_run', 'site_main', 'readme_text', 'write_readme']
 
 # %% ../nbs/13_site.ipynb #1621fe21
 def site_notebooks(nbs=None):
@@ -473,3 +473,30 @@ def site_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='induction_nb site', description=site_main.__doc__.split(':')[0])
     site_setup(p)
     return site_run(p.parse_args(argv))
+
+# %% ../nbs/13_site.ipynb #b38cf30b
+def readme_text(nb='index.ipynb') -> str:
+    "The README's Markdown, made from the notebook `nb` (nbdev processing, then nbconvert's Markdown exporter)"
+    from nbconvert import MarkdownExporter
+    nb = Path(nb)
+    with tempfile.TemporaryDirectory() as d:
+        process_notebook(nb, Path(d)/'index.ipynb')
+        body, _ = MarkdownExporter().from_filename(str(Path(d)/'index.ipynb'))
+    nbs_dir = nb.parent.resolve().name
+    pages = {Path(page_name(p)).stem: p.name for p in site_notebooks(nb.parent)}
+    body = re.sub(r'\]\((?!https?:|#)([\w-]+)\.html\)', lambda m: f']({nbs_dir}/{pages.get(m[1], m[1] + ".ipynb")})', body)
+    lines, inside = [], False
+    for l in body.split('\n'):              # nbconvert leaves code fences without a language
+        if l.startswith('```'):
+            if not inside and l.strip() == '```': l = '```python'
+            inside = not inside
+        lines.append(l)
+    return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines)).strip() + '\n'
+
+def write_readme(nb=None, out=None) -> Path:
+    "Write README.md (default: settings.ini's `readme_nb` in `nbs_path` → the project root)"
+    cfg = get_config()
+    nb = Path(nb or cfg.config_path/cfg.nbs_path/cfg.readme_nb)
+    out = Path(out or cfg.config_path/'README.md')
+    out.write_text(readme_text(nb))
+    return out

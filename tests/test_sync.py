@@ -34,3 +34,11 @@ def test_notebooks_are_clean(scratch):
     after = _snapshot(scratch/'nbs', '*.ipynb')
     changed = sorted(str(k) for k in before if before[k] != after.get(k))
     assert not changed, f"nbdev_clean changes {changed}: run nbdev_clean and commit."
+
+def test_readme_matches_index():
+    "README.md is generated from nbs/index.ipynb (`induction_nb.site.write_readme`); it must not drift."
+    from induction_nb.site import readme_text
+    want = readme_text(ROOT/'nbs'/'index.ipynb')
+    assert (ROOT/'README.md').read_text() == want, (
+        "README.md differs from what nbs/index.ipynb renders to. Edit the notebook, then run "
+        "`python -c 'from induction_nb.site import write_readme; write_readme()'` and commit both.")
