@@ -15,7 +15,7 @@ from .train import train, load_run, preset, preset_for_env, in_test, Run, RunCon
 
 # %% auto #0
 __all__ = ['WINDOW_STYLE', 'PHASE_MEASURES', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window',
-           'icl_fraction_in_window', 'shade', 'RunTables', 'fig_overview', 'fig_window', 'fig_heads',
+           'icl_fraction_in_window', 'shade', 'RunTables', 'load_results', 'fig_overview', 'fig_window', 'fig_heads',
            'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
            'summarize', 'summary_table', 'seed_spread', 'run_tables', 'phase_change_runs', 'draw_figures',
            'phase_change', 'report', 'phase_change_cmd']
@@ -109,6 +109,13 @@ class RunTables:
                    np.load(folder/'loss_by_pos.npy'), np.load(folder/'ptl.npy'), info)
 
     def window(self, **kw) -> PhaseWindow: return phase_window(self.snaps.tokens, self.snaps.icl, **kw)
+
+def load_results(folder) -> list[RunTables]:
+    "Every `RunTables` saved under `folder` (one sub-folder each): deepest models first, then by name."
+    folder = Path(folder)
+    subs = sorted(p for p in folder.iterdir() if (p/'info.json').exists()) if folder.is_dir() else []
+    if not subs: raise FileNotFoundError(f"No saved run tables under {folder}. Run `induction_nb phase-change` first.")
+    return sorted((RunTables.load(p) for p in subs), key=lambda t: (-t.n_layers, t.name))
 
 # %% ../nbs/04_phase_change.ipynb #9d031a1c
 def _color(t: RunTables, i: int=0):
@@ -355,7 +362,7 @@ def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
     for name, r in summary.iterrows():
         if r.layers >= 2 and not math.isnan(r.get('window_start', float('nan'))):
             lines.append(f"{name}: phase change at {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens "
-                         f"(steps {r.window_start_step}–{r.window_end_step}); ICL {r.icl_before:+.3f} before → "
+                         f"(steps {int(r.window_start_step)}–{int(r.window_end_step)}); ICL {r.icl_before:+.3f} before → "
                          f"{r.final_icl:+.3f} nats at the end ({r.frac_in_window:.0%} of it inside the window); "
                          f"best prefix-matching {r.best_prefix:.2f}")
         else:

@@ -21,9 +21,10 @@ from nbdev.processors import (populate_language, add_show_docs, strip_ansi, hide
                               clean_show_doc, rm_export, clean_magics, hide_, add_links, strip_hidden_metadata, _is_showdoc)
 
 # %% auto #0
-__all__ = ['site_notebooks', 'page_name', 'split_title_cell', 'static_show_docs', 'apply_cell_options', 'fix_links',
-           'process_notebook', 'mathjax_dir', 'copy_mathjax', 'default_cache', 'iframe_worker_shim', 'mkdocs_config',
-           'slugify', 'build_site', 'check_site', 'site_setup', 'site_run', 'site_main', 'readme_text', 'write_readme']
+__all__ = ['README_IMAGES', 'site_notebooks', 'page_name', 'split_title_cell', 'static_show_docs', 'apply_cell_options',
+           'fix_links', 'process_notebook', 'mathjax_dir', 'copy_mathjax', 'default_cache', 'iframe_worker_shim',
+           'mkdocs_config', 'slugify', 'build_site', 'check_site', 'site_setup', 'site_run', 'site_main', 'readme_text',
+           'write_readme']
 
 # %% ../nbs/13_site.ipynb #1621fe21
 def site_notebooks(nbs=None):
@@ -475,28 +476,41 @@ def site_main(argv=None) -> int:
     return site_run(p.parse_args(argv))
 
 # %% ../nbs/13_site.ipynb #b38cf30b
-def readme_text(nb='index.ipynb') -> str:
-    "The README's Markdown, made from the notebook `nb` (nbdev processing, then nbconvert's Markdown exporter)"
+README_IMAGES = 'results/readme'   # where write_readme puts the README's figures, relative to nbs_path
+
+def _readme(nb) -> tuple[str, dict]:
+    "(Markdown, {image file name: bytes}) of the README made from notebook `nb`"
     from nbconvert import MarkdownExporter
     nb = Path(nb)
     with tempfile.TemporaryDirectory() as d:
         process_notebook(nb, Path(d)/'index.ipynb')
-        body, _ = MarkdownExporter().from_filename(str(Path(d)/'index.ipynb'))
+        body, res = MarkdownExporter().from_filename(str(Path(d)/'index.ipynb'))
     nbs_dir = nb.parent.resolve().name
     pages = {Path(page_name(p)).stem: p.name for p in site_notebooks(nb.parent)}
     body = re.sub(r'\]\((?!https?:|#)([\w-]+)\.html\)', lambda m: f']({nbs_dir}/{pages.get(m[1], m[1] + ".ipynb")})', body)
+    images = dict(res.get('outputs', {}))
+    for name in images: body = body.replace(f']({name})', f']({nbs_dir}/{README_IMAGES}/{name})')
     lines, inside = [], False
     for l in body.split('\n'):              # nbconvert leaves code fences without a language
         if l.startswith('```'):
             if not inside and l.strip() == '```': l = '```python'
             inside = not inside
         lines.append(l)
-    return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines)).strip() + '\n'
+    return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines)).strip() + '\n', images
+
+def readme_text(nb='index.ipynb') -> str:
+    "The README's Markdown, made from the notebook `nb` (nbdev processing, then nbconvert's Markdown exporter)"
+    return _readme(nb)[0]
 
 def write_readme(nb=None, out=None) -> Path:
-    "Write README.md (default: settings.ini's `readme_nb` in `nbs_path` → the project root)"
+    "Write README.md (default: settings.ini's `readme_nb` in `nbs_path` → the project root) and its figures"
     cfg = get_config()
     nb = Path(nb or cfg.config_path/cfg.nbs_path/cfg.readme_nb)
     out = Path(out or cfg.config_path/'README.md')
-    out.write_text(readme_text(nb))
+    text, images = _readme(nb)
+    img_dir = nb.parent/README_IMAGES
+    if img_dir.exists(): shutil.rmtree(img_dir)
+    for name, data in images.items():
+        img_dir.mkdir(parents=True, exist_ok=True); (img_dir/name).write_bytes(data)
+    out.write_text(text)
     return out

@@ -42,3 +42,9 @@ def test_readme_matches_index():
     assert (ROOT/'README.md').read_text() == want, (
         "README.md differs from what nbs/index.ipynb renders to. Edit the notebook, then run "
         "`python -c 'from induction_nb.site import write_readme; write_readme()'` and commit both.")
+
+def test_readme_images_exist():
+    import re
+    refs = re.findall(r'!\[[^\]]*\]\(([^)\s]+)\)', (ROOT/'README.md').read_text())
+    missing = [r for r in refs if not r.startswith('http') and not (ROOT/r).exists()]
+    assert not missing, f"README.md shows images that do not exist: {missing}. Run write_readme()."
