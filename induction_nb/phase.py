@@ -178,15 +178,17 @@ def fig_heads(tables: list[RunTables], window: PhaseWindow|None=None, score: str
     axs[0][0].set_ylabel(f'{score} score per head'); axs[0][0].set_ylim(0, 1)
     fig.tight_layout(); return fig
 
-def fig_loss_by_index(t: RunTables, window: PhaseWindow|None=None, indices=(1, 5, 10, 25, 50, 100, 250)):
-    "Fig 5: loss at several token indices over training — they separate inside the window."
+def fig_loss_by_index(t: RunTables, window: PhaseWindow|None=None, n_bins: int=8):
+    """Fig 5: loss over training at token indices grouped in octaves (1, 2–3, 4–7, …; single indices are too noisy)
+    — early and late tokens improve together until the window, then separate."""
     fig, ax = plt.subplots(figsize=(8, 3.4))
-    idx = [i for i in indices if i < t.loss_by_pos.shape[1]]
-    cols = plt.cm.viridis(np.linspace(0, 0.9, len(idx)))
-    for c, i in zip(cols, idx): ax.plot(t.snaps.tokens, t.loss_by_pos[:, i], color=c, label=f'token {i}')
+    bins = log_bins(t.loss_by_pos.shape[1], n_bins)
+    for c, b in zip(plt.cm.viridis(np.linspace(0, 0.9, len(bins))), bins):
+        ax.plot(t.snaps.tokens, t.loss_by_pos[:, b].mean(1), color=c,
+                label=f'token {b[0]}' if len(b) == 1 else f'tokens {b[0]}–{b[-1]}')
     shade(ax, window, label=True); _tokens_axis(ax); ax.set_ylabel('loss (nats)')
     ax.set_xlim(left=max(t.snaps.tokens[t.snaps.tokens > 0].min(), 2e5)); ax.set_ylim(top=min(4, ax.get_ylim()[1]))
-    ax.legend(fontsize=8, ncol=2); ax.set_title(f'{t.name}: loss at different token indices', fontsize=10)
+    ax.legend(fontsize=8, ncol=3); ax.set_title(f'{t.name}: loss at different token indices', fontsize=10)
     fig.tight_layout(); return fig
 
 def log_bins(n_pos: int, n_bins: int=8) -> list[np.ndarray]:
