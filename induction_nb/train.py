@@ -308,12 +308,14 @@ def train(cfg: RunConfig|str, run_dir, overwrite: bool=False, progress: bool=Tru
           on_step: Callable[[int, float], None]|None=None) -> Run:
     "Train `cfg` (a `RunConfig` or a preset name) into `run_dir`, resuming if it holds an unfinished run; returns the `Run`."
     if isinstance(cfg, str): cfg = preset(cfg)
-    if n_threads: torch.set_num_threads(n_threads)
+    threads = torch.get_num_threads()
+    if n_threads: torch.set_num_threads(n_threads)          # only for this call: restored below
     tc, run_dir = cfg.train, Path(run_dir)
     rank, world, created = _dist()
     try: return _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world)
     finally:
         if created: torch.distributed.destroy_process_group()
+        torch.set_num_threads(threads)
 
 def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world) -> Run:
     if tc.batch_size % world: raise ValueError(f"TrainConfig.batch_size={tc.batch_size} must be divisible by the "
