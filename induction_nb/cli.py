@@ -72,6 +72,14 @@ def _train_setup(p: argparse.ArgumentParser):
                    help="Global batch size in windows; under torchrun it is split across processes (default: the preset's).")
     p.add_argument('--threads', type=int, metavar='N',
                    help="Torch CPU threads (default: torch's choice, all cores). Use at most the number of idle cores.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument('--text', nargs='+', metavar='PATH',
+                     help="Train on your own text instead of the preset's corpus: files and/or folders (read recursively), "
+                          "one document per file, every 20th file held out for validation. Use a stdlib-* preset (bytes).")
+    src.add_argument('--hf-dataset', metavar='NAME',
+                     help="Train on a Hugging Face dataset (a hub name, which needs internet, or a local dataset path).")
+    p.add_argument('--hf-config', metavar='CONFIG', help="The dataset's configuration name, with --hf-dataset.")
+    p.add_argument('--text-column', default='text', metavar='COL', help="The dataset's text column (default: text).")
     p.add_argument('--overwrite', action='store_true',
                    help="Delete OUT first if it holds a run with a different config (otherwise that is refused).")
     p.add_argument('--no-progress', action='store_true', help="Do not draw a progress bar (e.g. in logs).")
@@ -80,7 +88,10 @@ def _config_from_args(args):
     from induction_nb.train import preset
     over = {k: v for k, v in dict(steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size).items()
             if v is not None}
-    return preset(args.preset, train=over)
+    corpus = None
+    if args.text: corpus = dict(kind='text', paths=tuple(args.text))
+    elif args.hf_dataset: corpus = dict(kind='hf', dataset=args.hf_dataset, config=args.hf_config, text_column=args.text_column)
+    return preset(args.preset, train=over, corpus=corpus)
 
 @subcommand('train', help="Train a preset into a run directory (resumes an interrupted run).", setup=_train_setup,
             description="Train a model from a preset into a run directory: config.json, weights at log-spaced steps, "

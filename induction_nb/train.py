@@ -73,6 +73,12 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    def __post_init__(self):
+        need = self.corpus.d_vocab if self.corpus.kind == 'synthetic' else 256
+        if self.model.d_vocab < need: raise ValueError(
+            f"RunConfig: the corpus ({self.corpus.kind}) has {need} token ids but model.d_vocab={self.model.d_vocab}. "
+            + ("Text corpora are bytes: use a model with d_vocab=256 (e.g. a stdlib-* preset)." if self.corpus.kind != 'synthetic'
+               else "Raise model.d_vocab or lower corpus.d_vocab."))
     def to_dict(self) -> dict:
         "Plain JSON types (tuples become lists), so a config equals its own JSON round trip."
         return json.loads(json.dumps({'model': self.model.to_dict(), 'train': asdict(self.train), 'corpus': self.corpus.to_dict()}))
