@@ -370,8 +370,6 @@ def _cache_folder(run, cache_dir, kind: str, params: dict):
         atomic_write(folder/'params.json', json.dumps(desc, indent=2, default=str).encode())
     return folder
 
-def _snapshot_path(run, step) -> Path: return run.path/'snapshots'/f"step_{step:06d}.safetensors"
-
 def _has(rec: dict, m: str) -> bool:
     "Whether a cached record holds measure `m`."
     keys = {'icl': ('scalar/icl_score', 'loss_by_position'), 'composition': ('pair/k_composition',)}.get(m, (f'head/{m}',))
@@ -390,7 +388,7 @@ def _sweep_records(run, measures, steps, progress, cache_dir, params) -> tuple[l
     folder = _cache_folder(run, cache_dir, 'measures', p)
     inputs, records, stats = None, [], {'cached': 0, 'computed': 0, 'seconds': 0.0}
     for step in tqdm(steps, desc='measures', disable=not progress, dynamic_ncols=True):
-        f = folder/f"step_{step:06d}-{snapshot_key(_snapshot_path(run, step))}.npz" if folder else None
+        f = folder/f"step_{step:06d}-{snapshot_key(run.snapshot_path(step))}.npz" if folder else None
         rec = dict(np.load(f)) if f is not None and f.exists() else {}
         todo = [m for m in measures if not _has(rec, m)]
         if todo:
@@ -467,7 +465,7 @@ def per_token_loss_vectors(run, n_examples: int=1024, seed: int=0, steps=None, p
     folder = _cache_folder(run, cache_dir, 'ptl', dict(n_examples=n_examples, seed=seed))
     ex, rows = None, []
     for step in tqdm(steps, desc='per-token losses', disable=not progress, dynamic_ncols=True):
-        f = folder/f"step_{step:06d}-{snapshot_key(_snapshot_path(run, step))}.npy" if folder else None
+        f = folder/f"step_{step:06d}-{snapshot_key(run.snapshot_path(step))}.npy" if folder else None
         if f is not None and f.exists(): rows.append(np.load(f)); continue
         if ex is None: ex = pca_examples(run.corpus(), run.config.model.n_ctx, n_examples, seed)
         v = token_losses_at(run.load(step), *ex)

@@ -195,6 +195,10 @@ class Run:
         "Steps of the snapshots on disk, ascending."
         return sorted(int(p.stem.split('_')[1]) for p in (self.path/'snapshots').glob('step_*.safetensors'))
 
+    def snapshot_path(self, step: int) -> Path:
+        "The file holding the weights after `step` optimizer steps."
+        return self.path/'snapshots'/_snap_name(step)
+
     def tokens(self, step: int) -> int:
         "Training tokens seen after `step` optimizer steps."
         return step * self.config.train.batch_size * self.config.model.n_ctx
@@ -206,7 +210,7 @@ class Run:
         if step is None: step = steps[-1]
         if step not in steps: raise KeyError(f"{self.path} has no snapshot at step {step}; nearest: "
                                              f"{min(steps, key=lambda s: abs(s - step))} (see run.steps)")
-        tensors, _ = load_tensors(self.path/'snapshots'/_snap_name(step))
+        tensors, _ = load_tensors(self.snapshot_path(step))
         model = Transformer(self.config.model)
         model.load_state_dict(tensors)
         return model.eval()
