@@ -36,6 +36,7 @@ class PhaseWindow:
     slope: float          # that steepest slope, nats per unit ln(tokens) (negative)
     sigma: float
     frac: float
+    min_slope: float
     def contains(self, tokens) -> np.ndarray: return (np.asarray(tokens) >= self.start) & (np.asarray(tokens) <= self.end)
     def to_dict(self): return asdict(self)
 
@@ -46,16 +47,18 @@ def icl_derivative(tokens, icl, sigma: float=0.2) -> tuple[np.ndarray, np.ndarra
     ys = smooth_log(t, y, sigma)
     return t, ys, np.gradient(ys, np.log(t))
 
-def phase_window(tokens, icl, sigma: float=0.2, frac: float=0.3) -> PhaseWindow:
-    "The phase-change window of an ICL-score curve (see the rule above)."
+def phase_window(tokens, icl, sigma: float=0.2, frac: float=0.3, min_slope: float=0.1) -> PhaseWindow:
+    "The phase-change window of an ICL-score curve (see the rule above); ValueError if there is none."
     t, _, d = icl_derivative(tokens, icl, sigma)
     if len(t) < 5: raise ValueError(f"Need at least 5 snapshots with tokens > 0 to find a window, got {len(t)}")
     i = int(np.argmin(d))
     if d[i] >= 0: raise ValueError("The ICL score never falls: there is no phase change to find in this curve.")
+    if -d[i] < min_slope: raise ValueError(f"The ICL score never falls faster than {-d[i]:.3f} nats per e-fold of tokens "
+                                           f"(min_slope={min_slope}): no phase change.")
     lo = hi = i
     while lo > 0 and d[lo-1] <= frac * d[i]: lo -= 1
     while hi < len(t)-1 and d[hi+1] <= frac * d[i]: hi += 1
-    return PhaseWindow(float(t[lo]), float(t[hi]), float(t[i]), float(d[i]), sigma, frac)
+    return PhaseWindow(float(t[lo]), float(t[hi]), float(t[i]), float(d[i]), sigma, frac, min_slope)
 
 # %% ../nbs/04_phase_change.ipynb #daa92961
 def icl_fraction_in_window(tokens, icl, window: PhaseWindow) -> float:
@@ -108,7 +111,11 @@ class RunTables:
                    pd.read_csv(folder/'snapshots.csv'), pd.read_csv(folder/'heads.csv'),
                    np.load(folder/'loss_by_pos.npy'), np.load(folder/'ptl.npy'), info)
 
-    def window(self, **kw) -> PhaseWindow: return phase_window(self.snaps.tokens, self.snaps.icl, **kw)
+    def window(self, **kw) -> PhaseWindow|None:
+        "This run's phase-change window (`phase_window` on its ICL curve), or None, with a warning, if it has none."
+        try: return phase_window(self.snaps.tokens, self.snaps.icl, **kw)
+        except ValueError as e:
+            import warnings; warnings.warn(f"{self.name}: no phase-change window ({e})"); return None
 
 def load_results(folder) -> list[RunTables]:
     "Every `RunTables` saved under `folder` (one sub-folder each): deepest models first, then by name."
@@ -329,7 +336,7 @@ def draw_figures(tables: list[RunTables], folder=None) -> dict:
     multi = [t for t in tables if t.n_layers >= 2]; one = [t for t in tables if t.n_layers == 1]
     w = multi[0].window() if multi else None
     figs = {'fig2_overview': fig_overview(tables, w, baseline=one[0] if one else None),
-            'fig3_window': fig_window(multi[0], w) if multi else None,
+            'fig3_window': fig_window(multi[0], w) if w is not None else None,
             'fig4_heads': fig_heads(multi[:1] + one, w),
             'fig5_loss_by_index': fig_loss_by_index(multi[0] if multi else tables[0], w),
             'heatmaps': fig_loss_heatmaps(multi[:1] + one, w),
