@@ -14,11 +14,11 @@ import matplotlib.pyplot as plt
 from .train import train, load_run, preset, preset_for_env, in_test, Run, RunConfig
 
 # %% auto #0
-__all__ = ['WINDOW_STYLE', 'PHASE_MEASURES', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window',
-           'icl_fraction_in_window', 'shade', 'RunTables', 'load_results', 'fig_overview', 'fig_window', 'fig_heads',
-           'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
-           'summarize', 'summary_table', 'seed_spread', 'run_tables', 'phase_change_runs', 'draw_figures',
-           'phase_change', 'report', 'phase_change_cmd']
+__all__ = ['WINDOW_STYLE', 'PHASE_MEASURES', 'CONTEXT_PRESETS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative',
+           'phase_window', 'icl_fraction_in_window', 'shade', 'RunTables', 'load_results', 'fig_overview', 'fig_window',
+           'fig_heads', 'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps',
+           'pca_trajectories', 'fig_pca', 'summarize', 'summary_table', 'seed_spread', 'run_tables',
+           'phase_change_runs', 'draw_figures', 'phase_change', 'report', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -317,11 +317,15 @@ def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_pca: in
                      lbp.to_numpy(), ptl, info)
 
 # %% ../nbs/04_phase_change.ipynb #3d385052
-def phase_change_runs(seeds=(0,), with_1l: bool=True) -> dict[str, tuple[str, RunConfig]]:
-    "`{display name: (directory name, config)}` of the default experiment."
-    tag = 'test-' if in_test() else ''
-    runs = {f'2L seed {s}': (f'{tag}stdlib-2l-s{s}', preset_for_env('stdlib-2l', train=dict(seed=s))) for s in seeds}
-    if with_1l: runs['1L'] = (f'{tag}stdlib-1l-s0', preset_for_env('stdlib-1l'))
+CONTEXT_PRESETS = {256: ('stdlib-2l', 'stdlib-1l'), 512: ('ctx512-2l', 'ctx512-1l')}
+
+def phase_change_runs(seeds=(0,), with_1l: bool=True, context: int=256) -> dict[str, tuple[str, RunConfig]]:
+    "`{display name: (directory name, config)}` of the default experiment at `context` (256, or 512 for the paper's indices)."
+    if context not in CONTEXT_PRESETS: raise ValueError(f"context must be one of {sorted(CONTEXT_PRESETS)}, got {context}")
+    (p2, p1), tag = CONTEXT_PRESETS[context], 'test-' if in_test() else ''
+    sfx = '' if context == 256 else f', ctx {context}'
+    runs = {f'2L seed {s}{sfx}': (f'{tag}{p2}-s{s}', preset_for_env(p2, train=dict(seed=s))) for s in seeds}
+    if with_1l: runs[f'1L{sfx}'] = (f'{tag}{p1}-s0', preset_for_env(p1))
     return runs
 
 FIGURES = {'fig2_overview': 'training loss, ICL score and prefix matching together',
@@ -348,10 +352,11 @@ def draw_figures(tables: list[RunTables], folder=None) -> dict:
     return figs
 
 def phase_change(out='runs', seeds=(0,), with_1l: bool=True, n_threads: int|None=None, progress: bool=True,
-                 figures: bool=True) -> tuple[list[RunTables], pd.DataFrame]:
+                 figures: bool=True, context: int=256) -> tuple[list[RunTables], pd.DataFrame]:
     "Train (or reuse) the default runs under `out`, measure them, save tables and figures; returns `(tables, summary)`."
     out = Path(out); tables, timings = [], {}
-    for name, (dirname, cfg) in phase_change_runs(seeds, with_1l).items():
+    sfx = '' if context == 256 else f'-ctx{context}'
+    for name, (dirname, cfg) in phase_change_runs(seeds, with_1l, context).items():
         t0 = time.perf_counter()
         run = train(cfg, out/dirname, progress=progress, n_threads=n_threads)
         t1 = time.perf_counter()
@@ -360,9 +365,9 @@ def phase_change(out='runs', seeds=(0,), with_1l: bool=True, n_threads: int|None
         t.info['timings'] = timings[name]
         t.save(out/'tables'/dirname); tables.append(t)
     summary = summary_table(tables)
-    summary.to_csv(out/'summary.csv')
+    summary.to_csv(out/f'summary{sfx}.csv')
     if figures:
-        draw_figures(tables, out/'figures'); plt.close('all')
+        draw_figures(tables, out/f'figures{sfx}'); plt.close('all')
     return tables, summary
 
 def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
@@ -373,7 +378,9 @@ def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
             lines.append(f"{name}: phase change at {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens "
                          f"(steps {int(r.window_start_step)}–{int(r.window_end_step)}); ICL {r.icl_before:+.3f} before → "
                          f"{r.final_icl:+.3f} nats at the end ({r.frac_in_window:.0%} of it inside the window); "
-                         f"best prefix-matching {r.best_prefix:.2f}")
+                         f"best prefix-matching {r.best_prefix:.2f}"
+                         + (" — no induction head formed, so this window is not an induction-head phase change"
+                            if r.best_prefix < 0.2 else ""))
         else:
             lines.append(f"{name}: final ICL {r.final_icl:+.3f} nats; best prefix-matching score ever {r.best_prefix:.2f}")
     return '\n'.join(lines)
@@ -388,6 +395,9 @@ def _phase_setup(p):
     p.add_argument('--seeds', type=int, nargs='+', default=[0], metavar='S',
                    help="Seeds of the 2-layer model to train (default: 0). `--seeds 0 1 2` gives the seed spread.")
     p.add_argument('--no-1l', action='store_true', help="Skip the 1-layer control run.")
+    p.add_argument('--context', type=int, default=256, choices=sorted(CONTEXT_PRESETS),
+                   help="Context length: 256 (default, presets stdlib-2l/-1l) or 512 (ctx512-2l/-1l, the paper's ICL "
+                        "indices 50 and 500; about 2.5x slower). Figures and summary get a -ctx512 suffix.")
     p.add_argument('--threads', type=int, metavar='N', help="Torch CPU threads (default: all cores).")
     p.add_argument('--no-progress', action='store_true', help="No progress bars.")
 
@@ -400,7 +410,8 @@ def phase_change_cmd(args):
     matplotlib.use('Agg')
     t0 = time.perf_counter()
     tables, summary = phase_change(args.out, seeds=tuple(args.seeds), with_1l=not args.no_1l,
-                                   n_threads=args.threads, progress=not args.no_progress)
+                                   n_threads=args.threads, progress=not args.no_progress, context=args.context)
     print(report(tables, summary))
-    print(f"\nfigures: {Path(args.out)/'figures'}/ ({', '.join(FIGURES)}); tables: {Path(args.out)/'tables'}/; "
-          f"summary: {Path(args.out)/'summary.csv'}  [{time.perf_counter() - t0:.0f} s]")
+    sfx = '' if args.context == 256 else f'-ctx{args.context}'
+    print(f"\nfigures: {Path(args.out)/('figures' + sfx)}/ ({', '.join(FIGURES)}); tables: {Path(args.out)/'tables'}/; "
+          f"summary: {Path(args.out)/f'summary{sfx}.csv'}  [{time.perf_counter() - t0:.0f} s]")
