@@ -169,10 +169,6 @@ def previous_token_scores(model: Transformer, windows: torch.Tensor, chunk: int=
     return total / n
 
 # %% ../nbs/03_measures.ipynb #21395117
-def _ln_in(ln, x: torch.Tensor) -> torch.Tensor:
-    "Apply a `LayerNorm` module exactly (identity when the model has no LayerNorm)."
-    return ln(x)
-
 def _ln_fold(ln, d_model: int) -> torch.Tensor:
     "The linear part of a LayerNorm as a `[d_model, d_model]` matrix: centring times gain (its `1/σ` scale is ignored)."
     if not getattr(ln, 'on', False): return torch.eye(d_model)
@@ -193,7 +189,7 @@ def copying_scores(model: Transformer, pool=None, n_samples: int=10, block: int=
     samples = torch.as_tensor(np.stack([rng.choice(len(pool), block, replace=False) for _ in range(n_samples)]))
     out = []
     for blk in model.blocks:
-        x = _ln_in(blk.ln1, model.W_E[pool])                                     # [P, d_model]
+        x = blk.ln1(model.W_E[pool])                                     # [P, d_model]
         o = einsum(x, blk.attn.W_V, blk.attn.W_O, 'p d, h d e, h e m -> h p m')  # head output reading each token
         logits = o @ W_U                                                         # [head, P source, P target]
         sub = logits[:, samples[:, :, None], samples[:, None, :]]               # [head, sample, s, s']

@@ -272,9 +272,10 @@ def summarize(t: RunTables, window: PhaseWindow|None=None) -> dict:
            'tokens_prefix_0.2': _first_cross(tok, s.prefix_max, 0.2), 'tokens_prefix_0.4': _first_cross(tok, s.prefix_max, 0.4)}
     if window is None and t.n_layers >= 2: window = t.window()
     if window is not None:
-        before = s[tok <= window.start].iloc[-1]
+        before, at_end = s[tok <= window.start].iloc[-1], s[tok <= window.end].iloc[-1]
         out.update(window_start=window.start, window_end=window.end,
-                   window_start_step=int(before.step), window_end_step=int(s[tok <= window.end].step.iloc[-1]),
+                   prefix_window_start=float(before.prefix_max), prefix_window_end=float(at_end.prefix_max),
+                   window_start_step=int(before.step), window_end_step=int(at_end.step),
                    icl_before=float(before.icl), icl_before_lo=float(before.icl_lo), icl_before_hi=float(before.icl_hi),
                    frac_in_window=icl_fraction_in_window(tok, s.icl, window))
     return out
@@ -338,13 +339,14 @@ FIGURES = {'fig2_overview': 'training loss, ICL score and prefix matching togeth
 def draw_figures(tables: list[RunTables], folder=None) -> dict:
     "Every figure of the chapter from the tables (window from the first multi-layer run); saved as PNG if `folder`."
     multi = [t for t in tables if t.n_layers >= 2]; one = [t for t in tables if t.n_layers == 1]
-    w = multi[0].window() if multi else None
+    windows = {t.name: t.window() for t in multi}
+    w = windows[multi[0].name] if multi else None
     figs = {'fig2_overview': fig_overview(tables, w, baseline=one[0] if one else None),
             'fig3_window': fig_window(multi[0], w) if w is not None else None,
             'fig4_heads': fig_heads(multi[:1] + one, w),
             'fig5_loss_by_index': fig_loss_by_index(multi[0] if multi else tables[0], w),
             'heatmaps': fig_loss_heatmaps(multi[:1] + one, w),
-            'pca': fig_pca(tables, {t.name: t.window() for t in multi})}
+            'pca': fig_pca(tables, windows)}
     if folder is not None:
         folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
         for k, f in figs.items():
