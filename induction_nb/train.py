@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_training.ipynb #10e39dc6
 from __future__ import annotations
-import hashlib, json, math, os, tempfile, time
+import gc, hashlib, json, math, os, tempfile, time
 from typing import Callable
 from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
@@ -393,5 +393,6 @@ def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world) -> Run:
     finally:
         bar.close()
         if log: log.close()
-    if world > 1: torch.distributed.barrier()
+    if world > 1:   # let go of DDP's hold on the process group while every rank is still alive, then meet
+        del ddp; gc.collect(); torch.distributed.barrier()
     return Run(run_dir)

@@ -5,7 +5,7 @@ which sums floats in a different order than one process does, so results agree t
 train loss within 1e-5 relative, validation loss within 1e-4 relative, final weights within 1e-4 absolute
 (weights are ~0.02 in size; training moves them by ~1e-2).
 """
-import json, os, socket, subprocess, sys
+import json, os, re, socket, subprocess, sys, warnings
 from pathlib import Path
 import pytest
 from induction_nb.train import preset, load_run
@@ -13,11 +13,16 @@ from induction_nb.train import preset, load_run
 CFG = preset('synthetic-2l', model=dict(n_ctx=32), train=dict(steps=40, checkpoint_every=20, val_windows=16,
                                                                snapshots_log=3, snapshots_lin=3))
 SCRIPT = """
-import json, sys
+import faulthandler, json, sys
+faulthandler.enable()       # a rank killed by a signal prints where Python was
+import torch
+if hasattr(torch._C, '_set_print_stack_traces_on_fatal_signal'): torch._C._set_print_stack_traces_on_fatal_signal(True)
 from induction_nb.train import train, RunConfig
 train(RunConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], n_threads=1, progress=False)
+print('rank finished', flush=True)
 """
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+# one host: gloo talks over loopback whatever the machine's hostname resolves to
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'GLOO_SOCKET_IFNAME': 'lo'}
 
 def _free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -28,6 +33,10 @@ def _torchrun(script, cfg, run_dir, nproc=2, timeout=180):
            str(script), json.dumps(cfg.to_dict()), str(run_dir)]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
+def _killed_by_signal(r) -> bool:
+    "Did a rank die from a signal of its own (torchrun: `exitcode : -N`), not from a Python exception or torchrun's SIGTERM?"
+    return r.returncode != 0 and re.search(r'exitcode\s*:\s*-(?!15\b)\d+', r.stderr) is not None
+
 def _rows(run_dir, key):
     return [(r['step'], r[key]) for r in map(json.loads, (Path(run_dir)/'metrics.jsonl').read_text().splitlines()) if key in r]
 
@@ -36,7 +45,12 @@ def runs(tmp_path_factory):
     "The same config trained by 2 DDP ranks and by one process."
     tmp = tmp_path_factory.mktemp('ddp'); script = tmp/'train_script.py'; script.write_text(SCRIPT)
     r = _torchrun(script, CFG, tmp/'ddp')
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    if _killed_by_signal(r):
+        # Seen once in CI (never here, in 40+ launches): a rank aborted inside gloo ("terminate called without an
+        # active exception"). Relaunch once -- the run resumes from its checkpoint -- and say so; twice fails.
+        warnings.warn(f"DDP rank killed by a signal; relaunching once. First launch printed:\n{r.stdout[-2000:]}{r.stderr[:6000]}")
+        r = _torchrun(script, CFG, tmp/'ddp')
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[:8000]
     subprocess.run([sys.executable, str(script), json.dumps(CFG.to_dict()), str(tmp/'one')], check=True, timeout=180, env=ENV)
     return script, tmp/'ddp', tmp/'one'
 
