@@ -308,6 +308,9 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus) -> bool
         if old != cfg.to_dict():
             import shutil; shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True); (run_dir/'snapshots').mkdir(exist_ok=True)
+    # a run killed in the middle of `atomic_write` leaves its temp file behind (the target is untouched); only this
+    # run writes here, so any `*.tmp` is such a leftover
+    for tmp in [*run_dir.glob('*.tmp'), *(run_dir/'snapshots').glob('*.tmp')]: tmp.unlink(missing_ok=True)
     if not cfg_path.exists():
         info = {'config': cfg.to_dict(), 'corpus_description': corpus.describe(),
                 'versions': {'induction_nb': induction_nb.__version__, 'torch': torch.__version__}}

@@ -84,3 +84,14 @@ def test_different_config_in_same_dir_is_refused(small_run):
     assert (d/'metrics.jsonl').read_bytes() == before            # nothing was touched
     t0 = time.time(); train(cfg, d, progress=False, n_threads=1); assert time.time() - t0 < 5   # finished: a no-op
     assert (d/'metrics.jsonl').read_bytes() == before
+
+def test_resume_removes_half_written_temp_files(small_run, tmp_path):
+    "A kill in the middle of `atomic_write` leaves `<name>.<random>.tmp`; the next `train()` into the directory clears it."
+    cfg, d = small_run
+    import shutil; d2 = tmp_path/'copy'; shutil.copytree(d, d2)
+    left = [d2/'state.safetensors.k1x.tmp', d2/'snapshots'/'step_000015.safetensors.q9z.tmp']
+    for p in left: p.write_bytes(b'half a file')
+    snaps = sorted(p.name for p in (d2/'snapshots').glob('*.safetensors'))
+    train(cfg, d2, progress=False, n_threads=1)
+    assert not any(p.exists() for p in left)
+    assert sorted(p.name for p in (d2/'snapshots').glob('*.safetensors')) == snaps    # the real files are untouched
