@@ -495,7 +495,7 @@ def to_hooked_transformer(model: Transformer):
     htc = HookedTransformerConfig(
         n_layers=cfg.n_layers, d_model=cfg.d_model, n_ctx=cfg.n_ctx, d_head=cfg.d_head, n_heads=cfg.n_heads,
         d_vocab=cfg.d_vocab, attn_only=cfg.attn_only, d_mlp=None if cfg.attn_only else cfg.d_mlp, act_fn='gelu',
-        normalization_type='LN' if cfg.normalization == 'pre' else None, positional_embedding_type='standard',
+        normalization_type='LN' if cfg.normalization == 'pre' else None, positional_embedding_type=cfg.positional,
         default_prepend_bos=False, device=str(model.device), dtype=model.W_E.dtype)
     ht = HookedTransformer(htc)
     sd = ht.state_dict()
@@ -509,10 +509,10 @@ def to_hooked_transformer(model: Transformer):
     return ht.eval()
 
 def from_hooked_transformer(ht, atol: float=1e-6) -> Transformer:
-    """Our `Transformer` from an (untied, bias-free) TransformerLens `HookedTransformer`: standard positions, LN/LNPre
-    or no LayerNorm, GELU MLPs. Raises if it has nonzero biases or a feature we lack."""
+    """Our `Transformer` from an (untied, bias-free) TransformerLens `HookedTransformer`: standard or Shortformer
+    positions, LN/LNPre or no LayerNorm, GELU MLPs. Raises if it has nonzero biases or a feature we lack."""
     c = ht.cfg
-    checks = {'positional_embedding_type': (c.positional_embedding_type, 'standard'),
+    checks = {'positional_embedding_type': (c.positional_embedding_type, ('standard', 'shortformer')),
               'normalization_type': (c.normalization_type, ('LN', 'LNPre', None)),
               'gated_mlp': (getattr(c, 'gated_mlp', False), False), 'parallel_attn_mlp': (getattr(c, 'parallel_attn_mlp', False), False),
               'n_key_value_heads': (getattr(c, 'n_key_value_heads', None), None),
@@ -527,7 +527,7 @@ def from_hooked_transformer(ht, atol: float=1e-6) -> Transformer:
                                 f"{' …' if len(biases) > 6 else ''}")
     cfg = ModelConfig(n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_head=c.d_head, n_ctx=c.n_ctx,
                       d_vocab=c.d_vocab, attn_only=c.attn_only, d_mlp=None if c.attn_only else c.d_mlp,
-                      normalization='none' if c.normalization_type is None else 'pre')
+                      normalization='none' if c.normalization_type is None else 'pre', positional=c.positional_embedding_type)
     model = Transformer(cfg)
     ours = {}
     for k in model.state_dict():

@@ -15,11 +15,12 @@ from einops import rearrange, einsum
 from .data import D_VOCAB, BOS
 
 # %% auto #0
-__all__ = ['NORMALIZATIONS', 'ModelConfig', 'HookPoint', 'Attention', 'LayerNorm', 'MLP', 'Block', 'Transformer', 'hooks',
-           'run_with_hooks', 'run_with_cache', 'per_token_loss']
+__all__ = ['NORMALIZATIONS', 'POSITIONALS', 'ModelConfig', 'HookPoint', 'Attention', 'LayerNorm', 'MLP', 'Block', 'Transformer',
+           'hooks', 'run_with_hooks', 'run_with_cache', 'per_token_loss']
 
 # %% ../nbs/01_model.ipynb #46c921b0
 NORMALIZATIONS = ('pre', 'none')
+POSITIONALS = ('standard', 'shortformer')
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -36,6 +37,7 @@ class ModelConfig:
     normalization: str = 'pre'       # 'pre' (pre-LN + final LN) or 'none'
     init_std: float = 0.02
     smear_init: float = 0.0          # initial α of the smeared key (σ(0) = 0.5)
+    positional: str = 'standard'     # 'standard' (W_pos added to the residual) or 'shortformer' (to queries/keys only)
 
     def __post_init__(self):
         def bad(field, msg): raise ValueError(f"ModelConfig.{field}: {msg}")
@@ -49,6 +51,7 @@ class ModelConfig:
         elif not isinstance(self.d_head, int) or self.d_head < 1: bad('d_head', f"must be a positive integer, got {self.d_head!r}")
         if self.d_mlp is None: object.__setattr__(self, 'd_mlp', 4 * self.d_model)
         elif not isinstance(self.d_mlp, int) or self.d_mlp < 1: bad('d_mlp', f"must be a positive integer, got {self.d_mlp!r}")
+        if self.positional not in POSITIONALS: bad('positional', f"must be one of {POSITIONALS}, got {self.positional!r}")
         if self.normalization not in NORMALIZATIONS: bad('normalization', f"must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.d_vocab < 2: bad('d_vocab', f"needs at least 2 tokens (BOS and one more), got {self.d_vocab}")
         if not (isinstance(self.init_std, (int, float)) and self.init_std > 0): bad('init_std', f"must be > 0, got {self.init_std!r}")
@@ -91,10 +94,14 @@ class Attention(nn.Module):
         k_prev = torch.cat([k[:, :1], k[:, :-1]], dim=1)              # first key keeps itself
         return s * k + (1 - s) * k_prev
 
-    def forward(self, x):                                             # x: [batch, pos, d_model]
+    def forward(self, x, pos=None):                                   # x: [batch, pos, d_model]
+        "Attention over `x`; `pos` `[pos, d_model]` (Shortformer positions) is added to the query and key inputs only."
         cfg = self.cfg; b, p, _ = x.shape
         w_qkv = rearrange(torch.cat([self.W_Q, self.W_K, self.W_V]), 'h d e -> d (h e)')
         q, k, v = rearrange(x @ w_qkv, 'b p (three h e) -> three b p h e', three=3, h=cfg.n_heads)
+        if pos is not None:                                           # (x + pos) W = x W + pos W: one small matmul
+            pq, pk = rearrange(pos @ w_qkv[:, :2 * cfg.n_heads * cfg.d_head], 'p (two h e) -> two p h e', two=2, h=cfg.n_heads)
+            q, k = q + pq, k + pk
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)      # [batch, pos, head, d_head]
         if cfg.smeared_key: k = self.smear_keys(k)
         if self.explicit or self.hook_attn_scores.active or self.hook_pattern.active:
@@ -137,8 +144,8 @@ class Block(nn.Module):
         self.ln1, self.attn = LayerNorm(cfg), Attention(cfg)
         if not cfg.attn_only: self.ln2, self.mlp = LayerNorm(cfg), MLP(cfg)
         for n in 'resid_pre attn_out resid_mid mlp_out resid_post'.split(): setattr(self, f'hook_{n}', HookPoint())
-    def forward(self, resid):
-        resid = self.hook_resid_mid(self.hook_resid_pre(resid) + self.hook_attn_out(self.attn(self.ln1(resid))))
+    def forward(self, resid, pos=None):
+        resid = self.hook_resid_mid(self.hook_resid_pre(resid) + self.hook_attn_out(self.attn(self.ln1(resid), pos)))
         if hasattr(self, 'mlp'): resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)
 
@@ -163,8 +170,9 @@ class Transformer(nn.Module):
         p = tokens.shape[-1]
         if p > self.cfg.n_ctx: raise ValueError(f"Got {p} tokens but the model's context is n_ctx={self.cfg.n_ctx}; "
                                                 "pass at most n_ctx tokens (a window's first n_ctx).")
-        resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:p])
-        for block in self.blocks: resid = block(resid)
+        resid, pos = self.hook_embed(self.W_E[tokens]), self.hook_pos_embed(self.W_pos[:p])   # [batch, pos, d], [pos, d]
+        if self.cfg.positional == 'standard': resid, pos = resid + pos, None
+        for block in self.blocks: resid = block(resid, pos)
         return self.ln_final(resid) @ self.W_U                        # [batch, pos, d_vocab]
 
     @property

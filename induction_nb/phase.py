@@ -318,7 +318,7 @@ def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_pca: in
                      lbp.to_numpy(), ptl, info)
 
 # %% ../nbs/04_phase_change.ipynb #3d385052
-CONTEXT_PRESETS = {256: ('stdlib-2l', 'stdlib-1l'), 512: ('ctx512-2l', 'ctx512-1l')}
+CONTEXT_PRESETS = {256: ('ctx256-2l', 'ctx256-1l'), 512: ('ctx512-resid-2l', 'ctx512-resid-1l')}
 
 def phase_change_runs(seeds=(0,), with_1l: bool=True, context: int=256) -> dict[str, tuple[str, RunConfig]]:
     "`{display name: (directory name, config)}` of the default experiment at `context` (256, or 512 for the paper's indices)."

@@ -94,21 +94,31 @@ class RunConfig:
                          replace(self.corpus, **(corpus or {})))
 
 # %% ../nbs/02_training.ipynb #fc91023e
+_PAPER = dict(d_model=128, n_heads=4, n_ctx=512, positional='shortformer')
 _STD = dict(d_model=128, n_heads=4, n_ctx=256)
+_SNAPS = dict(snapshots_log=30, snapshots_lin=30)
 _SYN_MODEL = dict(d_model=64, n_heads=4, n_ctx=128, d_vocab=128)
 _SYN_TRAIN = dict(steps=1000, batch_size=16, lr=1e-3, warmup_steps=50, checkpoint_every=100, val_windows=32,
                   snapshots_log=15, snapshots_lin=20)
 _SYN_CORPUS = CorpusSpec(kind='synthetic', d_vocab=128)
 
 PRESETS: dict[str, RunConfig] = {
-    'stdlib-2l':          RunConfig(ModelConfig(n_layers=2, **_STD), TrainConfig(steps=4000)),
-    'stdlib-1l':          RunConfig(ModelConfig(n_layers=1, **_STD), TrainConfig(steps=4000)),
-    'stdlib-3l':          RunConfig(ModelConfig(n_layers=3, **_STD), TrainConfig(steps=4000)),
-    'stdlib-2l-mlp':      RunConfig(ModelConfig(n_layers=2, attn_only=False, **_STD), TrainConfig(steps=4000)),
-    'stdlib-1l-smeared':  RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_STD), TrainConfig(steps=2000)),
-    'stdlib-2l-smeared':  RunConfig(ModelConfig(n_layers=2, smeared_key=True, **_STD), TrainConfig(steps=2000)),
-    'ctx512-2l':          RunConfig(ModelConfig(n_layers=2, d_model=128, n_heads=4, n_ctx=512), TrainConfig(steps=4000)),
-    'ctx512-1l':          RunConfig(ModelConfig(n_layers=1, d_model=128, n_heads=4, n_ctx=512), TrainConfig(steps=3000)),
+    # the paper's setting: context 512, Shortformer positions
+    'stdlib-2l':          RunConfig(ModelConfig(n_layers=2, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
+    'stdlib-1l':          RunConfig(ModelConfig(n_layers=1, **_PAPER), TrainConfig(steps=1500, **_SNAPS)),
+    'stdlib-3l':          RunConfig(ModelConfig(n_layers=3, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
+    'stdlib-2l-mlp':      RunConfig(ModelConfig(n_layers=2, attn_only=False, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
+    'stdlib-1l-smeared':  RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_PAPER), TrainConfig(steps=1000, **_SNAPS)),
+    'stdlib-2l-smeared':  RunConfig(ModelConfig(n_layers=2, smeared_key=True, **_PAPER), TrainConfig(steps=1000, **_SNAPS)),
+    # positions in the residual stream (the earlier defaults; their results are committed under these names)
+    'ctx512-resid-2l':    RunConfig(ModelConfig(n_layers=2, **_STD | dict(n_ctx=512)), TrainConfig(steps=4000)),
+    'ctx512-resid-1l':    RunConfig(ModelConfig(n_layers=1, **_STD | dict(n_ctx=512)), TrainConfig(steps=3000)),
+    'ctx256-2l':          RunConfig(ModelConfig(n_layers=2, **_STD), TrainConfig(steps=4000)),
+    'ctx256-1l':          RunConfig(ModelConfig(n_layers=1, **_STD), TrainConfig(steps=4000)),
+    'ctx256-3l':          RunConfig(ModelConfig(n_layers=3, **_STD), TrainConfig(steps=4000)),
+    'ctx256-2l-mlp':      RunConfig(ModelConfig(n_layers=2, attn_only=False, **_STD), TrainConfig(steps=4000)),
+    'ctx256-1l-smeared':  RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_STD), TrainConfig(steps=2000)),
+    'ctx256-2l-smeared':  RunConfig(ModelConfig(n_layers=2, smeared_key=True, **_STD), TrainConfig(steps=2000)),
     'synthetic-2l':       RunConfig(ModelConfig(n_layers=2, **_SYN_MODEL), TrainConfig(**_SYN_TRAIN), _SYN_CORPUS),
     'synthetic-1l':       RunConfig(ModelConfig(n_layers=1, **_SYN_MODEL), TrainConfig(**_SYN_TRAIN), _SYN_CORPUS),
     'synthetic-1l-smeared': RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_SYN_MODEL), TrainConfig(**_SYN_TRAIN), _SYN_CORPUS),
@@ -128,7 +138,8 @@ def preset_for_env(name: str, **sections) -> RunConfig:
     if in_test() and not name.startswith('synthetic'):
         cfg = preset(name)
         syn = preset('synthetic-2l')
-        model = replace(syn.model, n_layers=cfg.model.n_layers, attn_only=cfg.model.attn_only, smeared_key=cfg.model.smeared_key)
+        model = replace(syn.model, n_layers=cfg.model.n_layers, attn_only=cfg.model.attn_only, smeared_key=cfg.model.smeared_key,
+                        positional=cfg.model.positional)
         return RunConfig(model, syn.train, syn.corpus).replace(**sections)
     return preset(name, **sections)
 
