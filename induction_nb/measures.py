@@ -19,9 +19,8 @@ __all__ = ['MEASURES', 'MEASURE_PARAMS', 'MEASURES_VERSION', 'default_icl_indice
            'probe_windows', 'attention_patterns', 'induction_mask', 'prefix_matching_from_pattern',
            'prefix_matching_scores', 'previous_token_from_pattern', 'previous_token_scores', 'copying_scores',
            'ov_eigen_copying', 'composition_scores', 'classify_heads', 'measure_inputs', 'measure_snapshot',
-           'plot_head_scores', 'plot_composition', 'snapshot_key', 'sweep', 'loss_by_position_table', 'pca_examples',
-           'token_losses_at', 'per_token_loss_vectors', 'tl_available', 'to_hooked_transformer',
-           'from_hooked_transformer']
+           'plot_head_scores', 'plot_composition', 'snapshot_key', 'sweep', 'loss_by_position_table',
+           'per_token_loss_vectors', 'tl_available', 'to_hooked_transformer', 'from_hooked_transformer']
 
 # %% ../nbs/03_measures.ipynb #4724a5e5
 def default_icl_indices(n_ctx: int) -> tuple[int, int]:
@@ -263,9 +262,9 @@ def classify_heads(prefix, prev, copying=None, prefix_min: float=0.3, prev_min: 
 
 # %% ../nbs/03_measures.ipynb #a2270cfb
 MEASURES = ('icl', 'prefix_matching', 'previous_token', 'copying', 'ov_eigen_copying', 'composition')
-MEASURE_PARAMS = dict(n_icl=128, icl_seed=0, early=None, late=None, band=None, n_boot=1000, n_prev=16,
+MEASURE_PARAMS = dict(n_icl=128, icl_seed=0, pca_per_window=4, early=None, late=None, band=None, n_boot=1000, n_prev=16,
                       n_probe=10, block=25, n_repeats=4, probe_seed=0, min_count=1000, drop=10, n_copy=10, chunk=32)
-MEASURES_VERSION = 1      # bump when a definition changes: it invalidates every cache
+MEASURES_VERSION = 2      # bump when a definition changes: it invalidates every cache
 
 def _params(params: dict) -> dict:
     unknown = set(params) - set(MEASURE_PARAMS)
@@ -279,21 +278,23 @@ def measure_inputs(corpus, n_ctx: int, **params) -> dict:
     p = _params(params)
     icl = corpus.batch('val', n_ctx, p['n_icl'], seed=(p['icl_seed'], 1))
     pool = token_pool(corpus, p['min_count'], p['drop'] if isinstance(p['drop'], int) else tuple(p['drop']))
-    return dict(params=p, icl=icl, prev=icl[:p['n_prev']], pool=pool,
+    rng = np.random.default_rng([p['icl_seed'], n_ctx, 2])          # the PCA's fixed (window, position) pairs
+    pca = (np.repeat(np.arange(len(icl)), p['pca_per_window']), rng.integers(0, n_ctx, len(icl) * p['pca_per_window']))
+    return dict(params=p, icl=icl, prev=icl[:p['n_prev']], pool=pool, pca=pca,
                 probe=probe_windows(pool, p['n_probe'], p['block'], p['n_repeats'], p['probe_seed']))
 
 @torch.no_grad()
 def measure_snapshot(model: Transformer, inputs: dict, measures=None) -> dict[str, np.ndarray]:
     """Every requested measure of `model` on `inputs` (from `measure_inputs`), as numpy arrays keyed `head/<name>`
-    (`[layer, head]`), `pair/<kind>_composition` (`[layer2, head2, layer1, head1]`), `scalar/<name>`, and
-    `loss_by_position` (`[pos]`)."""
+    (`[layer, head]`), `pair/<kind>_composition` (`[layer2, head2, layer1, head1]`), `scalar/<name>`,
+    `loss_by_position` (`[pos]`) and `pca_losses` (the loss at the fixed (window, position) pairs `inputs['pca']`)."""
     p, out = inputs['params'], {}
     for m in (measures or MEASURES):
         if m == 'icl':
             ptl = per_token_losses(model, inputs['icl'], p['chunk'])
             s, lo, hi = icl_score_ci(ptl, p['early'], p['late'], p['band'], n_boot=p['n_boot'])
             out.update({'scalar/icl_score': s, 'scalar/icl_lo': lo, 'scalar/icl_hi': hi, 'scalar/loss': float(ptl.mean()),
-                        'loss_by_position': ptl.mean(0).numpy()})
+                        'loss_by_position': ptl.mean(0).numpy(), 'pca_losses': ptl[inputs['pca']].numpy()})
         elif m == 'prefix_matching': out['head/prefix_matching'] = prefix_matching_scores(model, inputs['probe']).numpy()
         elif m == 'previous_token': out['head/previous_token'] = previous_token_scores(model, inputs['prev']).numpy()
         elif m == 'copying':
@@ -368,7 +369,7 @@ def _cache_folder(run, cache_dir, kind: str, params: dict):
 
 def _has(rec: dict, m: str) -> bool:
     "Whether a cached record holds measure `m`."
-    keys = {'icl': ('scalar/icl_score', 'loss_by_position'), 'composition': ('pair/k_composition',)}.get(m, (f'head/{m}',))
+    keys = {'icl': ('scalar/icl_score', 'loss_by_position', 'pca_losses'), 'composition': ('pair/k_composition',)}.get(m, (f'head/{m}',))
     return all(k in rec for k in keys)
 
 def _sweep_records(run, measures, steps, progress, cache_dir, params) -> tuple[list, dict]:
@@ -417,7 +418,7 @@ def sweep(run, measures=None, steps=None, progress: bool=True, cache_dir=None, *
     for step, rec in records:
         tok = run.tokens(step)
         for key, v in rec.items():
-            if key == 'loss_by_position' or not _wanted(key, measures): continue
+            if key in ('loss_by_position', 'pca_losses') or not _wanted(key, measures): continue
             kind, name = key.split('/')
             if kind == 'scalar': rows.append((step, tok, name, None, None, None, None, float(v)))
             elif kind == 'head':
@@ -438,36 +439,12 @@ def loss_by_position_table(run, steps=None, progress: bool=True, cache_dir=None,
     return df
 
 # %% ../nbs/03_measures.ipynb #e5a2712d
-def pca_examples(corpus, n_ctx: int, n_examples: int=1024, seed: int=0) -> tuple[torch.Tensor, np.ndarray]:
-    "`(windows [n, n_ctx+1], positions [n])`: the fixed (example, position) pairs of `per_token_loss_vectors`."
-    positions = np.random.default_rng([seed, n_ctx, 2]).integers(0, n_ctx, n_examples)
-    return corpus.batch('val', n_ctx, n_examples, seed=(seed, 2)), positions
-
-@torch.no_grad()
-def token_losses_at(model: Transformer, windows: torch.Tensor, positions, chunk: int=64) -> np.ndarray:
-    "Loss of each window at its own position (`per_token_loss(window)[position]`): `[n]`."
-    positions = np.asarray(positions); order = np.argsort(positions, kind='stable'); out = np.empty(len(positions))
-    for idx in np.array_split(order, max(1, math.ceil(len(order) / chunk))):
-        end = int(positions[idx].max()) + 2
-        ptl = per_token_loss(model, windows[torch.as_tensor(idx), :end])
-        out[idx] = ptl[torch.arange(len(idx)), torch.as_tensor(positions[idx])].double().numpy()
-    return out
-
-def per_token_loss_vectors(run, n_examples: int=1024, seed: int=0, steps=None, progress: bool=True,
-                           cache_dir=None) -> np.ndarray:
-    "`[n_snapshots, n_examples]`: loss on the fixed (example, position) pairs of `pca_examples` at each snapshot (rows follow `steps`, default `run.steps`)."
-    from induction_nb.train import atomic_write
-    steps = run.steps if steps is None else list(steps)
-    folder = _cache_folder(run, cache_dir, 'ptl', dict(n_examples=n_examples, seed=seed))
-    ex, rows = None, []
-    for step in tqdm(steps, desc='per-token losses', disable=not progress, dynamic_ncols=True):
-        f = folder/f"step_{step:06d}-{snapshot_key(run.snapshot_path(step))}.npy" if folder else None
-        if f is not None and f.exists(): rows.append(np.load(f)); continue
-        if ex is None: ex = pca_examples(run.corpus(), run.config.model.n_ctx, n_examples, seed)
-        v = token_losses_at(run.load(step), *ex)
-        if f is not None: buf = io.BytesIO(); np.save(buf, v); atomic_write(f, buf.getvalue())
-        rows.append(v)
-    return np.stack(rows)
+def per_token_loss_vectors(run, steps=None, progress: bool=True, cache_dir=None, **params) -> np.ndarray:
+    """`[n_snapshots, n_icl * pca_per_window]`: each snapshot's loss at the fixed (window, position) pairs of
+    `measure_inputs` (rows follow `steps`, default `run.steps`). Read from the `sweep` cache: the ICL measure's
+    forward pass computes them, so they cost nothing extra."""
+    records, _ = _sweep_records(run, ('icl',), steps, progress, cache_dir, params)
+    return np.stack([r['pca_losses'] for _, r in records])
 
 # %% ../nbs/03_measures.ipynb #de0ead50
 def _tl():

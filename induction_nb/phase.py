@@ -14,11 +14,11 @@ import matplotlib.pyplot as plt
 from .train import train, load_run, preset, preset_for_env, in_test, Run, RunConfig
 
 # %% auto #0
-__all__ = ['WINDOW_STYLE', 'PHASE_MEASURES', 'CONTEXT_PRESETS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative',
-           'phase_window', 'icl_fraction_in_window', 'shade', 'RunTables', 'load_results', 'fig_overview', 'fig_window',
-           'fig_heads', 'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps',
-           'pca_trajectories', 'fig_pca', 'summarize', 'summary_table', 'seed_spread', 'run_tables',
-           'phase_change_runs', 'draw_figures', 'phase_change', 'report', 'phase_change_cmd']
+__all__ = ['WINDOW_STYLE', 'PHASE_MEASURES', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window',
+           'icl_fraction_in_window', 'shade', 'RunTables', 'load_results', 'fig_overview', 'fig_window', 'fig_heads',
+           'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
+           'summarize', 'summary_table', 'seed_spread', 'run_tables', 'phase_change_runs', 'draw_figures',
+           'phase_change', 'report', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -47,17 +47,29 @@ def icl_derivative(tokens, icl, sigma: float=0.2) -> tuple[np.ndarray, np.ndarra
     ys = smooth_log(t, y, sigma)
     return t, ys, np.gradient(ys, np.log(t))
 
-def phase_window(tokens, icl, sigma: float=0.2, frac: float=0.3, min_slope: float=0.1) -> PhaseWindow:
-    "The phase-change window of an ICL-score curve (see the rule above); ValueError if there is none."
+def _stretch(d, i, frac):
+    "The contiguous stretch around index `i` where `d` is at least `frac` of `d[i]`."
+    lo = hi = i
+    while lo > 0 and d[lo-1] <= frac * d[i]: lo -= 1
+    while hi < len(d)-1 and d[hi+1] <= frac * d[i]: hi += 1
+    return lo, hi
+
+def phase_window(tokens, icl, sigma: float=0.2, frac: float=0.3, min_slope: float=0.1, prefix=None,
+                 min_rise: float=0.1) -> PhaseWindow:
+    """The phase-change window of an ICL-score curve (see the rule above); ValueError if there is none. With `prefix`
+    (best prefix-matching score per snapshot), the candidate fall in which it rises most wins."""
     t, _, d = icl_derivative(tokens, icl, sigma)
     if len(t) < 5: raise ValueError(f"Need at least 5 snapshots with tokens > 0 to find a window, got {len(t)}")
     i = int(np.argmin(d))
     if d[i] >= 0: raise ValueError("The ICL score never falls: there is no phase change to find in this curve.")
     if -d[i] < min_slope: raise ValueError(f"The ICL score never falls faster than {-d[i]:.3f} nats per e-fold of tokens "
                                            f"(min_slope={min_slope}): no phase change.")
-    lo = hi = i
-    while lo > 0 and d[lo-1] <= frac * d[i]: lo -= 1
-    while hi < len(t)-1 and d[hi+1] <= frac * d[i]: hi += 1
+    if prefix is not None:
+        pm = np.asarray(prefix, dtype=float)[np.asarray(tokens, dtype=float) > 0]
+        cands = [j for j in range(len(d)) if -d[j] >= min_slope and d[j] <= d[max(j-1, 0)] and d[j] <= d[min(j+1, len(d)-1)]]
+        rise = {j: pm[_stretch(d, j, frac)[1]] - pm[_stretch(d, j, frac)[0]] for j in cands}
+        if rise and max(rise.values()) >= min_rise: i = max(rise, key=rise.get)
+    lo, hi = _stretch(d, i, frac)
     return PhaseWindow(float(t[lo]), float(t[hi]), float(t[i]), float(d[i]), sigma, frac, min_slope)
 
 # %% ../nbs/04_phase_change.ipynb #daa92961
@@ -112,8 +124,8 @@ class RunTables:
                    np.load(folder/'loss_by_pos.npy'), np.load(folder/'ptl.npy'), info)
 
     def window(self, **kw) -> PhaseWindow|None:
-        "This run's phase-change window (`phase_window` on its ICL curve), or None, with a warning, if it has none."
-        try: return phase_window(self.snaps.tokens, self.snaps.icl, **kw)
+        "This run's phase-change window (`phase_window` on its ICL and best-prefix curves), or None, with a warning, if none."
+        try: return phase_window(self.snaps.tokens, self.snaps.icl, prefix=self.snaps.prefix_max, **kw)
         except ValueError as e:
             import warnings; warnings.warn(f"{self.name}: no phase-change window ({e})"); return None
 
@@ -134,27 +146,45 @@ def _color(t: RunTables, i: int=0):
 def _smooth_train(t: RunTables, k: int=5):
     return t.train.tokens, t.train.train_loss.rolling(k, center=True, min_periods=1).mean()
 
-def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baseline: RunTables|None=None):
+def _seed_groups(tables: list[RunTables]) -> list[list[RunTables]]:
+    "Runs that differ only in their seed (same config otherwise), as groups."
+    key = lambda t: json.dumps({**t.info['config'], 'train': {**t.info['config']['train'], 'seed': None}}, sort_keys=True)
+    groups = {}
+    for t in tables: groups.setdefault(key(t), []).append(t)
+    return list(groups.values())
+
+def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baseline: RunTables|None=None,
+                 window_of: str|None=None):
     """Fig 2: training loss, ICL score and best prefix-matching score on one tokens axis, for each run. With a
-    1-layer `baseline`, a fourth panel shows each run's training loss minus the baseline's, where the bend is plainest."""
+    1-layer `baseline`, a fourth panel shows each run's training loss minus the baseline's, where the bend is plainest.
+    Where several seeds share a config, the band around their ICL and prefix curves is their range across seeds.
+    `window_of` names the run whose window is shaded (for the legend)."""
     n = 4 if baseline is not None else 3
     fig, axs = plt.subplots(n, 1, figsize=(8, 2.4 * n), sharex=True)
     for i, t in enumerate(tables):
         c = _color(t, i)
         axs[0].plot(*_smooth_train(t), color=c, lw=1.2, label=t.name)
         axs[1].plot(t.snaps.tokens, t.snaps.icl, color=c, lw=1.2, marker='.', ms=3)
-        if 'icl_lo' in t.snaps and i == 0: axs[1].fill_between(t.snaps.tokens, t.snaps.icl_lo, t.snaps.icl_hi, color=c, alpha=0.12, lw=0)
         axs[2].plot(t.snaps.tokens, t.snaps.prefix_max, color=c, lw=1.2)
         if baseline is not None and t is not baseline:
             bx, by = _smooth_train(baseline); x, y = _smooth_train(t)
             axs[3].plot(x, y.values - np.interp(x, bx, by.values), color=c, lw=1.2)
+    for g in _seed_groups(tables):
+        if len(g) < 2 or len({len(t.snaps) for t in g}) > 1: continue
+        c, x = _color(g[0], tables.index(g[0])), g[0].snaps.tokens
+        for ax, col in ((axs[1], 'icl'), (axs[2], 'prefix_max')):
+            ys = np.stack([t.snaps[col].to_numpy() for t in g])
+            ax.fill_between(x, ys.min(0), ys.max(0), color=c, alpha=0.18, lw=0,
+                            label=f'range over {len(g)} seeds' if ax is axs[1] else None)
     axs[0].set_ylabel('train loss (nats)'); axs[0].set_ylim(top=min(4, axs[0].get_ylim()[1]))
     axs[1].set_ylabel('ICL score (nats)'); axs[1].axhline(0, color='k', lw=0.5)
     axs[2].set_ylabel('best prefix-\nmatching score'); axs[2].set_ylim(0, 1)
     if baseline is not None:
         axs[3].set_ylabel(f'loss − {baseline.name}'); axs[3].axhline(0, color='k', lw=0.5)
         axs[3].set_ylim(max(-1, axs[3].get_ylim()[0]), 0.3)
-    for k, ax in enumerate(axs): shade(ax, window, label=k == 0); _tokens_axis(ax, xlabel=ax is axs[-1])
+    for k, ax in enumerate(axs): shade(ax, window); _tokens_axis(ax, xlabel=ax is axs[-1])
+    if window is not None: axs[0].axvspan(0, 0, label=f"phase-change window{' of ' + window_of if window_of else ''}", **WINDOW_STYLE)
+    if any(len(g) > 1 for g in _seed_groups(tables)): axs[1].legend(fontsize=8)
     x0 = min(t.snaps.tokens[t.snaps.tokens > 0].min() for t in tables)
     axs[-1].set_xlim(left=max(x0, 2e5))
     axs[0].legend(fontsize=8, ncol=2)
@@ -232,29 +262,35 @@ def fig_loss_heatmaps(tables: list[RunTables], window: PhaseWindow|None=None, vm
     fig.tight_layout(); return fig
 
 # %% ../nbs/04_phase_change.ipynb #486ed20c
-def pca_trajectories(tables: list[RunTables], n_components: int=2):
-    "Fit one PCA on every snapshot of every run; return `({name: [snapshot, component]}, explained variance ratios)`."
+def _after_warmup(t: RunTables) -> float:
+    "Tokens seen at the end of the learning-rate warm-up."
+    c = t.info['config']; return c['train']['warmup_steps'] * c['train']['batch_size'] * c['model']['n_ctx']
+
+def pca_trajectories(tables: list[RunTables], n_components: int=2, min_tokens: float|None=None):
+    """Fit one PCA on the snapshots of every run with at least `min_tokens` tokens seen (default: after the warm-up);
+    return `({name: [snapshot, component]}, {name: mask of the snapshots used}, explained variance ratios)`."""
     from sklearn.decomposition import PCA
     sizes = {t.ptl.shape[1] for t in tables}
     if len(sizes) != 1: raise ValueError(f"Runs have per-token-loss vectors of different lengths {sizes}; "
-                                         "compute them on the same examples (same n_ctx, n_examples and seed).")
-    pca = PCA(n_components).fit(np.concatenate([t.ptl for t in tables]))
-    return {t.name: pca.transform(t.ptl) for t in tables}, pca.explained_variance_ratio_
+                                         "compute them on the same examples (same n_ctx, n_icl and seeds).")
+    keep = {t.name: t.snaps.tokens.to_numpy() >= (_after_warmup(t) if min_tokens is None else min_tokens) for t in tables}
+    pca = PCA(n_components).fit(np.concatenate([t.ptl[keep[t.name]] for t in tables]))
+    return {t.name: pca.transform(t.ptl[keep[t.name]]) for t in tables}, keep, pca.explained_variance_ratio_
 
-def fig_pca(tables: list[RunTables], windows: dict|PhaseWindow|None=None):
-    "Trajectories in the top-2 PCA plane; snapshots inside each run's window are drawn larger, outlined."
-    traj, evr = pca_trajectories(tables)
+def fig_pca(tables: list[RunTables], windows: dict|PhaseWindow|None=None, min_tokens: float|None=None):
+    "Trajectories in the top-2 PCA plane (snapshots after warm-up); snapshots inside each run's window drawn larger, ringed."
+    traj, keep, evr = pca_trajectories(tables, min_tokens=min_tokens)
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for i, t in enumerate(tables):
         z, c = traj[t.name], _color(t, i)
         ax.plot(z[:, 0], z[:, 1], '-', color=c, lw=1, label=t.name)
         w = windows.get(t.name) if isinstance(windows, dict) else windows
-        inw = w.contains(t.snaps.tokens.values) if w is not None else np.zeros(len(z), bool)
+        inw = w.contains(t.snaps.tokens.values[keep[t.name]]) if w is not None else np.zeros(len(z), bool)
         ax.scatter(z[~inw, 0], z[~inw, 1], s=8, color=c)
         ax.scatter(z[inw, 0], z[inw, 1], s=40, color=c, edgecolor='tab:orange', lw=1.5, zorder=3)
-        ax.annotate('end', z[-1], fontsize=7, color=c)
+        ax.annotate('start', z[0], fontsize=7, color=c); ax.annotate('end', z[-1], fontsize=7, color=c)
     ax.set_xlabel(f'PC 1 ({evr[0]:.0%} of variance)'); ax.set_ylabel(f'PC 2 ({evr[1]:.0%})')
-    ax.legend(fontsize=8); ax.set_title('per-token-loss PCA (orange rings: snapshots inside the phase change)', fontsize=10)
+    ax.legend(fontsize=8); ax.set_title('per-token-loss PCA after warm-up (orange rings: inside the window)', fontsize=10)
     fig.tight_layout(); return fig
 
 # %% ../nbs/04_phase_change.ipynb #25670838
@@ -265,11 +301,16 @@ def _first_cross(tokens, y, level):
 def summarize(t: RunTables, window: PhaseWindow|None=None) -> dict:
     "Headline numbers of one run (see above); `window=None` finds it, except for 1-layer runs."
     s, tok = t.snaps, t.snaps.tokens.values
-    last = s.iloc[-1]
-    out = {'run': t.name, 'layers': t.n_layers, 'final_icl': float(s.icl.iloc[-3:].mean()),
-           'final_icl_lo': float(last.icl_lo), 'final_icl_hi': float(last.icl_hi),
-           'final_val_loss': float(last.val_loss), 'best_prefix': float(s.prefix_max.max()),
-           'tokens_prefix_0.2': _first_cross(tok, s.prefix_max, 0.2), 'tokens_prefix_0.4': _first_cross(tok, s.prefix_max, 0.4)}
+    last, fin = s.iloc[-1], t.info.get('final_icl')      # `fin`: the last snapshot's ICL on many more windows
+    h = t.heads[t.heads.step == last.step]
+    out = {'run': t.name, 'layers': t.n_layers, 'steps': int(last.step), 'tokens': float(last.tokens),
+           'final_icl': fin['icl'] if fin else float(last.icl), 'final_icl_lo': fin['lo'] if fin else float(last.icl_lo),
+           'final_icl_hi': fin['hi'] if fin else float(last.icl_hi), 'final_icl_windows': fin['n'] if fin else t.info.get('n_icl'),
+           'final_val_loss': float(last.val_loss), 'final_prefix': float(last.prefix_max), 'best_prefix': float(s.prefix_max.max()),
+           'layer0_prev': float(h[h.layer == 0].prev.max())}
+    for level in (0.2, 0.4, 0.7):
+        out[f'tokens_prefix_{level}'] = _first_cross(tok, s.prefix_max, level)
+        out[f'step_prefix_{level}'] = _first_cross(s.step.values, s.prefix_max, level)
     if window is None and t.n_layers >= 2: window = t.window()
     if window is not None:
         before, at_end = s[tok <= window.start].iloc[-1], s[tok <= window.end].iloc[-1]
@@ -278,6 +319,7 @@ def summarize(t: RunTables, window: PhaseWindow|None=None) -> dict:
                    window_start_step=int(before.step), window_end_step=int(at_end.step),
                    icl_before=float(before.icl), icl_before_lo=float(before.icl_lo), icl_before_hi=float(before.icl_hi),
                    frac_in_window=icl_fraction_in_window(tok, s.icl, window))
+        out['prefix_0.4_in_window'] = bool(window.start <= out['tokens_prefix_0.4'] <= window.end)
     return out
 
 def summary_table(tables: list[RunTables]) -> pd.DataFrame:
@@ -292,13 +334,17 @@ def seed_spread(summary: pd.DataFrame, layers: int=2) -> pd.DataFrame:
 # %% ../nbs/04_phase_change.ipynb #1f2721f8
 PHASE_MEASURES = ('icl', 'prefix_matching', 'previous_token')
 
-def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_pca: int=1024, progress: bool=True) -> RunTables:
-    "Measure every snapshot of `run` (cached beside it) and collect the tables the figures need."
+def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_icl_final: int=3072,
+               progress: bool=True) -> RunTables:
+    """Measure every snapshot of `run` (cached beside it) and collect the tables the figures need. The ICL curve uses
+    `n_icl` windows per snapshot; the last snapshot is measured again on `n_icl_final` windows for a tight interval."""
     from induction_nb.measures import sweep, loss_by_position_table, per_token_loss_vectors, default_icl_indices, default_band
     run = run if isinstance(run, Run) else load_run(run)
     df = sweep(run, measures=PHASE_MEASURES, progress=progress, n_icl=n_icl)
     lbp = loss_by_position_table(run, progress=False, n_icl=n_icl)
-    ptl = per_token_loss_vectors(run, n_examples=n_pca, progress=progress)
+    ptl = per_token_loss_vectors(run, progress=False, n_icl=n_icl)
+    n_icl_final = n_icl if in_test() else n_icl_final        # the synthetic task's ICL score means nothing
+    fin = sweep(run, measures='icl', steps=run.steps[-1:], progress=False, n_icl=n_icl_final).set_index('measure').value
     m = run.metrics()
     train_log = m.dropna(subset=['train_loss'])[['step', 'tokens', 'train_loss']].reset_index(drop=True)
     heads = (df[df.measure.isin(['prefix_matching', 'previous_token'])]
@@ -313,20 +359,24 @@ def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_pca: in
              .merge(heads.groupby('step').agg(prefix_max=('prefix', 'max'), prev_max=('prev', 'max')).reset_index(), on='step'))
     n_ctx = run.config.model.n_ctx
     info = dict(config=run.config.to_dict(), icl_indices=list(default_icl_indices(n_ctx)), icl_band=default_band(n_ctx),
-                n_icl=n_icl, n_pca=n_pca, run_dir=str(run.path))
+                n_icl=n_icl, n_pca=ptl.shape[1], run_dir=str(run.path),
+                final_icl=dict(icl=fin['icl_score'], lo=fin['icl_lo'], hi=fin['icl_hi'], n=n_icl_final))
     return RunTables(name or run.path.name, run.config.model.n_layers, train_log, snaps, heads,
                      lbp.to_numpy(), ptl, info)
 
 # %% ../nbs/04_phase_change.ipynb #3d385052
-CONTEXT_PRESETS = {256: ('ctx256-2l', 'ctx256-1l'), 512: ('ctx512-resid-2l', 'ctx512-resid-1l')}
+SETTINGS = {'paper': ('stdlib-2l', 'stdlib-1l', ''),                       # context 512, Shortformer positions
+            'ctx512-resid': ('ctx512-resid-2l', 'ctx512-resid-1l', ', resid. pos.'),
+            'ctx256': ('ctx256-2l', 'ctx256-1l', ', ctx 256')}
 
-def phase_change_runs(seeds=(0,), with_1l: bool=True, context: int=256) -> dict[str, tuple[str, RunConfig]]:
-    "`{display name: (directory name, config)}` of the default experiment at `context` (256, or 512 for the paper's indices)."
-    if context not in CONTEXT_PRESETS: raise ValueError(f"context must be one of {sorted(CONTEXT_PRESETS)}, got {context}")
-    (p2, p1), tag = CONTEXT_PRESETS[context], 'test-' if in_test() else ''
-    sfx = '' if context == 256 else f', ctx {context}'
+def phase_change_runs(seeds=(0,), seeds_1l=(0,), setting: str='paper') -> dict[str, tuple[str, RunConfig]]:
+    """`{display name: (directory name, config)}` of the experiment: 2-layer runs for `seeds`, 1-layer controls for
+    `seeds_1l`. `setting`: 'paper' (context 512, Shortformer positions: the default presets), 'ctx512-resid' or 'ctx256'
+    (positions in the residual stream, the earlier defaults)."""
+    if setting not in SETTINGS: raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {setting!r}")
+    p2, p1, sfx = SETTINGS[setting]; tag = 'test-' if in_test() else ''
     runs = {f'2L seed {s}{sfx}': (f'{tag}{p2}-s{s}', preset_for_env(p2, train=dict(seed=s))) for s in seeds}
-    if with_1l: runs[f'1L{sfx}'] = (f'{tag}{p1}-s0', preset_for_env(p1))
+    runs.update({f'1L seed {s}{sfx}': (f'{tag}{p1}-s{s}', preset_for_env(p1, train=dict(seed=s))) for s in seeds_1l})
     return runs
 
 FIGURES = {'fig2_overview': 'training loss, ICL score and prefix matching together',
@@ -341,11 +391,11 @@ def draw_figures(tables: list[RunTables], folder=None) -> dict:
     multi = [t for t in tables if t.n_layers >= 2]; one = [t for t in tables if t.n_layers == 1]
     windows = {t.name: t.window() for t in multi}
     w = windows[multi[0].name] if multi else None
-    figs = {'fig2_overview': fig_overview(tables, w, baseline=one[0] if one else None),
+    figs = {'fig2_overview': fig_overview(tables, w, baseline=one[0] if one else None, window_of=multi[0].name if multi else None),
             'fig3_window': fig_window(multi[0], w) if w is not None else None,
-            'fig4_heads': fig_heads(multi[:1] + one, w),
+            'fig4_heads': fig_heads(multi[:1] + one[:1], w),
             'fig5_loss_by_index': fig_loss_by_index(multi[0] if multi else tables[0], w),
-            'heatmaps': fig_loss_heatmaps(multi[:1] + one, w),
+            'heatmaps': fig_loss_heatmaps(multi[:1] + one[:1], w),
             'pca': fig_pca(tables, windows)}
     if folder is not None:
         folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -353,12 +403,12 @@ def draw_figures(tables: list[RunTables], folder=None) -> dict:
             if f is not None: f.savefig(folder/f'{k}.png', dpi=110)
     return figs
 
-def phase_change(out='runs', seeds=(0,), with_1l: bool=True, n_threads: int|None=None, progress: bool=True,
-                 figures: bool=True, context: int=256) -> tuple[list[RunTables], pd.DataFrame]:
-    "Train (or reuse) the default runs under `out`, measure them, save tables and figures; returns `(tables, summary)`."
+def phase_change(out='runs', seeds=(0,), seeds_1l=(0,), setting: str='paper', n_threads: int|None=None,
+                 progress: bool=True, figures: bool=True) -> tuple[list[RunTables], pd.DataFrame]:
+    "Train (or reuse) the runs of `phase_change_runs` under `out`, measure them, save tables and figures; returns `(tables, summary)`."
     out = Path(out); tables, timings = [], {}
-    sfx = '' if context == 256 else f'-ctx{context}'
-    for name, (dirname, cfg) in phase_change_runs(seeds, with_1l, context).items():
+    sfx = '' if setting == 'paper' else f'-{setting}'
+    for name, (dirname, cfg) in phase_change_runs(seeds, seeds_1l, setting).items():
         t0 = time.perf_counter()
         run = train(cfg, out/dirname, progress=progress, n_threads=n_threads)
         t1 = time.perf_counter()
@@ -379,12 +429,13 @@ def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
         if r.layers >= 2 and not math.isnan(r.get('window_start', float('nan'))):
             lines.append(f"{name}: phase change at {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens "
                          f"(steps {int(r.window_start_step)}–{int(r.window_end_step)}); ICL {r.icl_before:+.3f} before → "
-                         f"{r.final_icl:+.3f} nats at the end ({r.frac_in_window:.0%} of it inside the window); "
-                         f"best prefix-matching {r.best_prefix:.2f}"
+                         f"{r.final_icl:+.3f} [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}] nats at the end "
+                         f"({r.frac_in_window:.0%} of it inside the window); prefix matching {r.final_prefix:.2f} at the end"
                          + (" — no induction head formed, so this window is not an induction-head phase change"
                             if r.best_prefix < 0.2 else ""))
         else:
-            lines.append(f"{name}: final ICL {r.final_icl:+.3f} nats; best prefix-matching score ever {r.best_prefix:.2f}")
+            lines.append(f"{name}: final ICL {r.final_icl:+.3f} [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}] nats; "
+                         f"best prefix-matching score ever {r.best_prefix:.2f}")
     return '\n'.join(lines)
 
 # %% ../nbs/04_phase_change.ipynb #27a13826
@@ -396,10 +447,12 @@ def _phase_setup(p):
                         "(default: ./runs). Finished runs there are reused and interrupted ones resumed.")
     p.add_argument('--seeds', type=int, nargs='+', default=[0], metavar='S',
                    help="Seeds of the 2-layer model to train (default: 0). `--seeds 0 1 2` gives the seed spread.")
-    p.add_argument('--no-1l', action='store_true', help="Skip the 1-layer control run.")
-    p.add_argument('--context', type=int, default=256, choices=sorted(CONTEXT_PRESETS),
-                   help="Context length: 256 (default, presets stdlib-2l/-1l) or 512 (ctx512-2l/-1l, the paper's ICL "
-                        "indices 50 and 500; about 2.5x slower). Figures and summary get a -ctx512 suffix.")
+    p.add_argument('--seeds-1l', type=int, nargs='*', default=[0], metavar='S',
+                   help="Seeds of the 1-layer control (default: 0; `--seeds-1l` with no seed skips it).")
+    p.add_argument('--setting', default='paper', choices=sorted(SETTINGS),
+                   help="paper (default: context 512, Shortformer positions, presets stdlib-2l/-1l); ctx512-resid or "
+                        "ctx256: positions in the residual stream, the earlier defaults (presets ctx512-resid-*, ctx256-*). "
+                        "Figures and summary of a non-default setting get a -SETTING suffix.")
     p.add_argument('--threads', type=int, metavar='N', help="Torch CPU threads (default: all cores).")
     p.add_argument('--no-progress', action='store_true', help="No progress bars.")
 
@@ -411,9 +464,9 @@ def _phase_setup(p):
 def phase_change_cmd(args):
     matplotlib.use('Agg')
     t0 = time.perf_counter()
-    tables, summary = phase_change(args.out, seeds=tuple(args.seeds), with_1l=not args.no_1l,
-                                   n_threads=args.threads, progress=not args.no_progress, context=args.context)
+    tables, summary = phase_change(args.out, seeds=tuple(args.seeds), seeds_1l=tuple(args.seeds_1l), setting=args.setting,
+                                   n_threads=args.threads, progress=not args.no_progress)
     print(report(tables, summary))
-    sfx = '' if args.context == 256 else f'-ctx{args.context}'
+    sfx = '' if args.setting == 'paper' else f'-{args.setting}'
     print(f"\nfigures: {Path(args.out)/('figures' + sfx)}/ ({', '.join(FIGURES)}); tables: {Path(args.out)/'tables'}/; "
           f"summary: {Path(args.out)/f'summary{sfx}.csv'}  [{time.perf_counter() - t0:.0f} s]")
