@@ -461,6 +461,7 @@ def tl_available() -> bool:
     except ImportError: return False
 
 _RENAME = {'W_E': 'embed.W_E', 'W_pos': 'pos_embed.W_pos', 'W_U': 'unembed.W_U'}
+_TL_POS = {'standard': 'standard', 'shortformer-tl': 'shortformer'}     # ours → TransformerLens'
 
 def to_hooked_transformer(model: Transformer):
     "The same network as a TransformerLens `HookedTransformer` (zero biases); logits agree to float precision."
@@ -468,11 +469,15 @@ def to_hooked_transformer(model: Transformer):
     if cfg.smeared_key: raise ValueError(
         "A smeared-key model cannot be converted: TransformerLens has no smeared key (k_j ← σ(α)k_j + (1−σ(α))k_{j−1}), "
         "so the converted model would compute something else. Convert models with smeared_key=False.")
+    if cfg.positional == 'shortformer': raise ValueError(
+        "A model with positional='shortformer' cannot be converted: its queries and keys read LN(resid + W_pos), while "
+        "TransformerLens' shortformer adds W_pos after the LayerNorm (LN(resid) + W_pos). positional='shortformer-tl' is "
+        "TransformerLens' scheme and converts exactly.")
     HookedTransformer, HookedTransformerConfig = _tl()
     htc = HookedTransformerConfig(
         n_layers=cfg.n_layers, d_model=cfg.d_model, n_ctx=cfg.n_ctx, d_head=cfg.d_head, n_heads=cfg.n_heads,
         d_vocab=cfg.d_vocab, attn_only=cfg.attn_only, d_mlp=None if cfg.attn_only else cfg.d_mlp, act_fn='gelu',
-        normalization_type='LN' if cfg.normalization == 'pre' else None, positional_embedding_type=cfg.positional,
+        normalization_type='LN' if cfg.normalization == 'pre' else None, positional_embedding_type=_TL_POS[cfg.positional],
         default_prepend_bos=False, device=str(model.device), dtype=model.W_E.dtype)
     ht = HookedTransformer(htc)
     sd = ht.state_dict()
@@ -504,7 +509,7 @@ def from_hooked_transformer(ht, atol: float=1e-6) -> Transformer:
                                 f"{' …' if len(biases) > 6 else ''}")
     cfg = ModelConfig(n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_head=c.d_head, n_ctx=c.n_ctx,
                       d_vocab=c.d_vocab, attn_only=c.attn_only, d_mlp=None if c.attn_only else c.d_mlp,
-                      normalization='none' if c.normalization_type is None else 'pre', positional=c.positional_embedding_type)
+                      normalization='none' if c.normalization_type is None else 'pre', positional={v: k for k, v in _TL_POS.items()}[c.positional_embedding_type])
     model = Transformer(cfg)
     ours = {}
     for k in model.state_dict():

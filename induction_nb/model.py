@@ -20,7 +20,7 @@ __all__ = ['NORMALIZATIONS', 'POSITIONALS', 'ModelConfig', 'HookPoint', 'Attenti
 
 # %% ../nbs/01_model.ipynb #46c921b0
 NORMALIZATIONS = ('pre', 'none')
-POSITIONALS = ('standard', 'shortformer')
+POSITIONALS = ('standard', 'shortformer', 'shortformer-tl')
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -37,7 +37,7 @@ class ModelConfig:
     normalization: str = 'pre'       # 'pre' (pre-LN + final LN) or 'none'
     init_std: float = 0.02
     smear_init: float = 0.0          # initial α of the smeared key (σ(0) = 0.5)
-    positional: str = 'standard'     # 'standard' (W_pos added to the residual) or 'shortformer' (to queries/keys only)
+    positional: str = 'standard'     # 'standard' (W_pos in the residual), 'shortformer' (LN(resid + W_pos) for q/k) or 'shortformer-tl'
 
     def __post_init__(self):
         def bad(field, msg): raise ValueError(f"ModelConfig.{field}: {msg}")
@@ -94,14 +94,15 @@ class Attention(nn.Module):
         k_prev = torch.cat([k[:, :1], k[:, :-1]], dim=1)              # first key keeps itself
         return s * k + (1 - s) * k_prev
 
-    def forward(self, x, pos=None):                                   # x: [batch, pos, d_model]
-        "Attention over `x`; `pos` `[pos, d_model]` (Shortformer positions) is added to the query and key inputs only."
+    def forward(self, x, qk=None):                                    # x, qk: [batch, pos, d_model]
+        "Attention reading values (and queries and keys) from `x`; with `qk` (Shortformer positions) queries and keys read `qk`."
         cfg = self.cfg; b, p, _ = x.shape
         w_qkv = rearrange(torch.cat([self.W_Q, self.W_K, self.W_V]), 'h d e -> d (h e)')
-        q, k, v = rearrange(x @ w_qkv, 'b p (three h e) -> three b p h e', three=3, h=cfg.n_heads)
-        if pos is not None:                                           # (x + pos) W = x W + pos W: one small matmul
-            pq, pk = rearrange(pos @ w_qkv[:, :2 * cfg.n_heads * cfg.d_head], 'p (two h e) -> two p h e', two=2, h=cfg.n_heads)
-            q, k = q + pq, k + pk
+        if qk is None: q, k, v = rearrange(x @ w_qkv, 'b p (three h e) -> three b p h e', three=3, h=cfg.n_heads)
+        else:
+            n = 2 * cfg.n_heads * cfg.d_head
+            q, k = rearrange(qk @ w_qkv[:, :n], 'b p (two h e) -> two b p h e', two=2, h=cfg.n_heads)
+            v = rearrange(x @ w_qkv[:, n:], 'b p (h e) -> b p h e', h=cfg.n_heads)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)      # [batch, pos, head, d_head]
         if cfg.smeared_key: k = self.smear_keys(k)
         if self.explicit or self.hook_attn_scores.active or self.hook_pattern.active:
@@ -127,9 +128,8 @@ class LayerNorm(nn.Module):
         self.on = cfg.normalization != 'none'
         if self.on: self.w = nn.Parameter(torch.ones(cfg.d_model))
         self.hook_normalized = HookPoint()
-    def forward(self, x):
-        if self.on: x = F.layer_norm(x, x.shape[-1:], self.w, None, 1e-5)
-        return self.hook_normalized(x)
+    def norm(self, x): return F.layer_norm(x, x.shape[-1:], self.w, None, 1e-5) if self.on else x
+    def forward(self, x): return self.hook_normalized(self.norm(x))
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -143,9 +143,15 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.attn = LayerNorm(cfg), Attention(cfg)
         if not cfg.attn_only: self.ln2, self.mlp = LayerNorm(cfg), MLP(cfg)
-        for n in 'resid_pre attn_out resid_mid mlp_out resid_post'.split(): setattr(self, f'hook_{n}', HookPoint())
+        for n in 'resid_pre qk_input attn_out resid_mid mlp_out resid_post'.split(): setattr(self, f'hook_{n}', HookPoint())
+        self.positional = cfg.positional
+    def qk_input(self, resid, x, pos):
+        "Shortformer positions: the query/key input, `LN(resid + pos)` or (TransformerLens') `LN(resid) + pos`."
+        if pos is None: return None
+        return self.hook_qk_input(self.ln1.norm(resid + pos) if self.positional == 'shortformer' else x + pos)
     def forward(self, resid, pos=None):
-        resid = self.hook_resid_mid(self.hook_resid_pre(resid) + self.hook_attn_out(self.attn(self.ln1(resid), pos)))
+        resid = self.hook_resid_pre(resid); x = self.ln1(resid)
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(x, self.qk_input(resid, x, pos))))
         if hasattr(self, 'mlp'): resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)
 
