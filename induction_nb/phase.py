@@ -17,8 +17,8 @@ from .train import train, load_run, preset, preset_for_env, in_test, Run, RunCon
 __all__ = ['WINDOW_STYLE', 'PHASE_MEASURES', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window',
            'icl_fraction_in_window', 'shade', 'RunTables', 'load_results', 'fig_overview', 'fig_window', 'fig_heads',
            'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
-           'summarize', 'summary_table', 'seed_spread', 'run_tables', 'phase_change_runs', 'draw_figures',
-           'phase_change', 'report', 'phase_change_cmd']
+           'summarize', 'summary_table', 'seed_spread', 'calibration_table', 'fig_settings', 'run_tables',
+           'phase_change_runs', 'draw_figures', 'phase_change', 'report', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -330,6 +330,35 @@ def seed_spread(summary: pd.DataFrame, layers: int=2) -> pd.DataFrame:
     "Mean, standard deviation and range across the seeds of the `layers`-layer runs."
     rows = summary[summary.layers == layers].drop(columns=['layers']).select_dtypes('number')
     return rows.agg(['mean', 'std', 'min', 'max']).T
+
+# %% ../nbs/04_phase_change.ipynb #270051e0
+def calibration_table(settings: dict[str, list[RunTables]]) -> pd.DataFrame:
+    """One row per (setting, layers): seeds, steps, how many seeds' best head reached prefix matching 0.4 and 0.7 and
+    at which step on average (over the seeds that did), and means over seeds of the final ICL, prefix-matching,
+    layer-0 previous-token score and validation loss (plus the widest 95% interval half-width of the final ICL)."""
+    rows = []
+    for name, ts in settings.items():
+        s = summary_table(ts)
+        for layers, g in s.groupby('layers'):
+            rows.append({'setting': name, 'layers': int(layers), 'seeds': len(g), 'steps': int(g.steps.max()),
+                         'n_head_04': int(g['step_prefix_0.4'].notna().sum()), 'step_04': g['step_prefix_0.4'].mean(),
+                         'n_head_07': int(g['step_prefix_0.7'].notna().sum()), 'step_07': g['step_prefix_0.7'].mean(),
+                         'final_prefix': g.final_prefix.mean(), 'final_prefix_max': g.final_prefix.max(),
+                         'final_icl': g.final_icl.mean(), 'icl_halfwidth': ((g.final_icl_hi - g.final_icl_lo) / 2).max(),
+                         'layer0_prev': g.layer0_prev.mean(), 'val_loss': g.final_val_loss.mean()})
+    return pd.DataFrame(rows).set_index(['setting', 'layers'])
+
+def fig_settings(settings: dict[str, list[RunTables]]):
+    "Best prefix-matching score and ICL score over training for every run of every setting (2-layer solid, 1-layer dashed)."
+    fig, axs = plt.subplots(1, 2, figsize=(11, 3.6))
+    for k, (name, ts) in enumerate(settings.items()):
+        for j, t in enumerate(ts):
+            kw = dict(color=f'C{k}', lw=1.2, ls='-' if t.n_layers >= 2 else '--', label=name if j == 0 else None)
+            axs[0].plot(t.snaps.tokens, t.snaps.prefix_max, **kw); axs[1].plot(t.snaps.tokens, t.snaps.icl, **kw)
+    axs[0].set(ylabel='best prefix-matching score', ylim=(0, 1)); axs[1].set(ylabel='ICL score (nats)')
+    axs[1].axhline(0, color='k', lw=0.5)
+    for ax in axs: _tokens_axis(ax); ax.set_xlim(left=2e5)
+    axs[0].legend(fontsize=8); fig.tight_layout(); return fig
 
 # %% ../nbs/04_phase_change.ipynb #1f2721f8
 PHASE_MEASURES = ('icl', 'prefix_matching', 'previous_token')
