@@ -168,7 +168,8 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
         axs[2].plot(t.snaps.tokens, t.snaps.prefix_max, color=c, lw=1.2)
         if baseline is not None and t is not baseline:
             bx, by = _smooth_train(baseline); x, y = _smooth_train(t)
-            axs[3].plot(x, y.values - np.interp(x, bx, by.values), color=c, lw=1.2)
+            ok = (x <= bx.max()).values                                  # no extrapolation past the baseline's end
+            axs[3].plot(x[ok], y.values[ok] - np.interp(x[ok], bx, by.values), color=c, lw=1.2)
     for g in _seed_groups(tables):
         if len(g) < 2 or len({len(t.snaps) for t in g}) > 1: continue
         c, x = _color(g[0], tables.index(g[0])), g[0].snaps.tokens
