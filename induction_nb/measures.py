@@ -98,9 +98,10 @@ def token_counts(corpus, d_vocab: int=256) -> np.ndarray:
         return _COUNTS[key]
     return np.bincount(corpus.batch('train', 1024, 1024, seed=0).flatten().numpy(), minlength=d_vocab)
 
-def token_pool(corpus, min_count: int=1000, drop: int|tuple[int, int]=10) -> np.ndarray:
+def token_pool(corpus, min_count: int=1000, drop: int|tuple[int, int]=10, min_size: int=1) -> np.ndarray:
     """Tokens for probes: seen ≥ `min_count` times in training, never `BOS`, minus the `drop` most and `drop` least
-    frequent of those (`drop=(n_most, n_least)` to choose each). Synthetic corpora: all tokens `1..d_vocab-1`."""
+    frequent of those (`drop=(n_most, n_least)` to choose each). Synthetic corpora: all tokens `1..d_vocab-1`.
+    Fewer than `min_size` tokens (the probe's block) is an error that says which `min_count` would do."""
     if isinstance(corpus, RepeatedSegments): return np.arange(1, corpus.d_vocab)
     if isinstance(corpus, RepeatedTokens): return np.asarray(corpus.pool)
     n_most, n_least = (drop, drop) if isinstance(drop, int) else drop
@@ -108,9 +109,16 @@ def token_pool(corpus, min_count: int=1000, drop: int|tuple[int, int]=10) -> np.
     ok = np.nonzero(counts >= min_count)[0]; ok = ok[ok != BOS]
     ok = ok[np.argsort(-counts[ok], kind='stable')]                    # most frequent first
     pool = np.sort(ok[n_most:len(ok) - n_least])
-    if len(pool) == 0: raise ValueError(
-        f"No tokens left in the probe pool: {len(ok)} tokens are seen >= {min_count} times and drop={drop} removes them "
-        "all. Lower min_count or drop.")
+    if len(pool) < max(1, min_size):
+        seen = np.sort(np.delete(counts, BOS)[np.delete(counts, BOS) > 0])[::-1]    # counts of the tokens that occur
+        need = max(1, min_size) + n_most + n_least
+        fix = (f"Lower min_count: min_count={int(seen[need-1])} leaves enough (pass it to token_pool, measure_inputs or "
+               f"sweep, e.g. sweep(run, min_count={int(seen[need-1])}))" if len(seen) >= need else
+               f"Only {len(seen)} distinct tokens occur at all: lower drop (now {drop}) or use a larger corpus")
+        raise ValueError(
+            f"The probe token pool has {len(pool)} tokens, fewer than the {max(1, min_size)} needed: {len(ok)} tokens are "
+            f"seen >= min_count={min_count} times in the {int(counts.sum()):,}-token training split, and drop={drop} removes "
+            f"{min(len(ok), n_most + n_least)} of them. {fix}.")
     return pool
 
 def probe_windows(pool, n_seqs: int=10, block: int=25, n_repeats: int=4, seed: int=0) -> torch.Tensor:
@@ -278,7 +286,7 @@ def measure_inputs(corpus, n_ctx: int, **params) -> dict:
     "The fixed inputs of every measure: ICL/validation windows, previous-token windows, probe and token pool."
     p = _params(params)
     icl = corpus.batch('val', n_ctx, p['n_icl'], seed=(p['icl_seed'], 1))
-    pool = token_pool(corpus, p['min_count'], p['drop'] if isinstance(p['drop'], int) else tuple(p['drop']))
+    pool = token_pool(corpus, p['min_count'], p['drop'] if isinstance(p['drop'], int) else tuple(p['drop']), min_size=p['block'])
     return dict(params=p, icl=icl, prev=icl[:p['n_prev']], pool=pool,
                 probe=probe_windows(pool, p['n_probe'], p['block'], p['n_repeats'], p['probe_seed']))
 
@@ -366,6 +374,16 @@ def _cache_folder(run, cache_dir, kind: str, params: dict):
         atomic_write(folder/'params.json', json.dumps(desc, indent=2, default=str).encode())
     return folder
 
+def _load_cached(f, load):
+    "`load(f)` for a cache file `f`, or None if there is none; a damaged one is named in a warning, deleted and recomputed."
+    if f is None or not f.exists(): return None
+    try: return load(f)
+    except Exception as e:          # np.load raises many kinds (BadZipFile, EOFError, ValueError, OSError, ...)
+        import warnings
+        warnings.warn(f"The measures-cache file {f} is damaged ({type(e).__name__}: {e}); recomputing it.", stacklevel=3)
+        f.unlink(missing_ok=True)
+        return None
+
 def _has(rec: dict, m: str) -> bool:
     "Whether a cached record holds measure `m`."
     keys = {'icl': ('scalar/icl_score', 'loss_by_position'), 'composition': ('pair/k_composition',)}.get(m, (f'head/{m}',))
@@ -385,7 +403,7 @@ def _sweep_records(run, measures, steps, progress, cache_dir, params) -> tuple[l
     inputs, records, stats = None, [], {'cached': 0, 'computed': 0, 'seconds': 0.0}
     for step in tqdm(steps, desc='measures', disable=not progress, dynamic_ncols=True):
         f = folder/f"step_{step:06d}-{snapshot_key(run.snapshot_path(step))}.npz" if folder else None
-        rec = dict(np.load(f)) if f is not None and f.exists() else {}
+        rec = _load_cached(f, lambda f: dict(np.load(f))) or {}
         todo = [m for m in measures if not _has(rec, m)]
         if todo:
             t0 = time.perf_counter()
@@ -462,7 +480,8 @@ def per_token_loss_vectors(run, n_examples: int=1024, seed: int=0, steps=None, p
     ex, rows = None, []
     for step in tqdm(steps, desc='per-token losses', disable=not progress, dynamic_ncols=True):
         f = folder/f"step_{step:06d}-{snapshot_key(run.snapshot_path(step))}.npy" if folder else None
-        if f is not None and f.exists(): rows.append(np.load(f)); continue
+        cached = _load_cached(f, np.load)
+        if cached is not None: rows.append(cached); continue
         if ex is None: ex = pca_examples(run.corpus(), run.config.model.n_ctx, n_examples, seed)
         v = token_losses_at(run.load(step), *ex)
         if f is not None: buf = io.BytesIO(); np.save(buf, v); atomic_write(f, buf.getvalue())
