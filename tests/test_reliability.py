@@ -342,3 +342,18 @@ def test_context_longer_than_corpus_is_refused_before_creating_the_run(tmp_path)
     cfg = TEXT_CFG.replace(model=dict(n_ctx=512), corpus=dict(kind='text', paths=(str(corpus),)))
     with pytest.raises(ValueError, match="fewer than n_ctx=512"): _train(cfg, tmp_path/'run')
     assert not (tmp_path/'run').exists()
+
+# ---------------------------------------------------------------- 11. the probe token pool on a small corpus
+def test_small_corpus_token_pool_error_says_which_min_count():
+    import re
+    from induction_nb.data import TextCorpus
+    from induction_nb.measures import measure_inputs
+    rng = np.random.default_rng(0)
+    alphabet = np.frombuffer(b'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:()', dtype=np.uint8)
+    p = 1 / np.arange(1, len(alphabet) + 1) ** 1.3; p /= p.sum()                  # Zipf-like: few frequent bytes
+    docs = [rng.choice(alphabet, 13_650, p=p).tobytes() for _ in range(20)]        # ~273 KB, like the issue's corpus
+    corpus = TextCorpus.from_documents(docs)
+    with pytest.raises(ValueError, match=r"min_count=1000 .* Lower min_count: min_count=\d+") as e:
+        measure_inputs(corpus, 32, n_icl=4)
+    k = int(re.search(r"Lower min_count: min_count=(\d+)", str(e.value)).group(1))
+    assert 1 <= k < 1000 and len(measure_inputs(corpus, 32, n_icl=4, min_count=k)['pool']) >= 25     # the advice works
