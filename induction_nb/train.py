@@ -581,7 +581,8 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
     start, pending = int(meta.get('step', 0)), [float(x) for x in meta.get('pending_losses', [])]
     metrics_path = run_dir/'metrics.jsonl'
     # keep what was logged up to the state we resume from (the snapshot at `start` is redone), fill any gaps before it
-    if rank == 0: _repair_log(cfg, corpus, run_dir, model, start, world, progress)
+    # (on rank 0; an error there reaches every rank, so none waits forever in a collective)
+    _on_rank0(world, lambda: _repair_log(cfg, corpus, run_dir, model, start, world, progress))
     if start == tc.steps:
         if world > 1: torch.distributed.barrier()
         return Run(run_dir)                                  # already finished: nothing (more) to do
@@ -597,9 +598,11 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
     def diverged(step, what):
         kept = _load_state_step(state_path)
         return TrainingDiverged(
-            f"Training diverged: {what} at step {step} (lr={tc.lr}). {state_path} keeps the last good state "
-            f"({'step ' + str(kept) if kept is not None else 'none: no checkpoint was reached'}); re-running would diverge "
-            "the same way. Lower the learning rate (CLI: --lr) and train into another directory (or with --overwrite).")
+            f"Training diverged: {what} at step {step} (lr={tc.lr}). "
+            + (f"{state_path} keeps the last good state (step {kept}); " if kept is not None else
+               "No checkpoint was reached before it; ")
+            + "re-running would diverge the same way. Lower the learning rate (CLI: --lr) and train into another "
+              "directory (or with --overwrite).")
     def snapshot(step):
         if rank: return
         if not _finite(model): raise diverged(step, "the weights are not finite")
@@ -622,8 +625,8 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
             if stop:
                 if log: log.flush(); os.fsync(log.fileno())
                 _save_state(state_path, model, opt, step, pending=losses)
-                raise TrainingInterrupted(f"Interrupted: the state of {run_dir} is saved at step {step}; run the same "
-                                          "command again to resume from there.")
+                raise TrainingInterrupted(f"the state of {run_dir} is saved at step {step}; run the same command again "
+                                          "to resume from there.")
             if step in snaps: snapshot(step)
             losses.append(_step(model, ddp, opt, corpus, cfg, step, rank, per_rank))
             if not math.isfinite(losses[-1]): raise diverged(step + 1, f"the loss is {losses[-1]}")
