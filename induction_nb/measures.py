@@ -98,10 +98,11 @@ def token_counts(corpus, d_vocab: int=256) -> np.ndarray:
         return _COUNTS[key]
     return np.bincount(corpus.batch('train', 1024, 1024, seed=0).flatten().numpy(), minlength=d_vocab)
 
-def token_pool(corpus, min_count: int=1000, drop: int|tuple[int, int]=10, min_size: int=1) -> np.ndarray:
+def token_pool(corpus, min_count: int=1000, drop: int|tuple[int, int]=10, min_size: int=25) -> np.ndarray:
     """Tokens for probes: seen ≥ `min_count` times in training, never `BOS`, minus the `drop` most and `drop` least
     frequent of those (`drop=(n_most, n_least)` to choose each). Synthetic corpora: all tokens `1..d_vocab-1`.
-    Fewer than `min_size` tokens (the probe's block) is an error that says which `min_count` would do."""
+    Fewer than `min_size` tokens (default: the probe's default block of 25 distinct tokens) is an error that says
+    which `min_count` would do, so a small corpus is caught here, by name, rather than inside the probe."""
     if isinstance(corpus, RepeatedSegments): return np.arange(1, corpus.d_vocab)
     if isinstance(corpus, RepeatedTokens): return np.asarray(corpus.pool)
     n_most, n_least = (drop, drop) if isinstance(drop, int) else drop
@@ -286,7 +287,7 @@ def measure_inputs(corpus, n_ctx: int, **params) -> dict:
     "The fixed inputs of every measure: ICL/validation windows, previous-token windows, probe and token pool."
     p = _params(params)
     icl = corpus.batch('val', n_ctx, p['n_icl'], seed=(p['icl_seed'], 1))
-    pool = token_pool(corpus, p['min_count'], p['drop'] if isinstance(p['drop'], int) else tuple(p['drop']), min_size=p['block'])
+    pool = token_pool(corpus, p['min_count'], p['drop'] if isinstance(p['drop'], int) else tuple(p['drop']))
     return dict(params=p, icl=icl, prev=icl[:p['n_prev']], pool=pool,
                 probe=probe_windows(pool, p['n_probe'], p['block'], p['n_repeats'], p['probe_seed']))
 
@@ -480,8 +481,7 @@ def per_token_loss_vectors(run, n_examples: int=1024, seed: int=0, steps=None, p
     ex, rows = None, []
     for step in tqdm(steps, desc='per-token losses', disable=not progress, dynamic_ncols=True):
         f = folder/f"step_{step:06d}-{snapshot_key(run.snapshot_path(step))}.npy" if folder else None
-        cached = _load_cached(f, np.load)
-        if cached is not None: rows.append(cached); continue
+        if f is not None and f.exists(): rows.append(np.load(f)); continue
         if ex is None: ex = pca_examples(run.corpus(), run.config.model.n_ctx, n_examples, seed)
         v = token_losses_at(run.load(step), *ex)
         if f is not None: buf = io.BytesIO(); np.save(buf, v); atomic_write(f, buf.getvalue())
