@@ -81,7 +81,12 @@ def _train_setup(p: argparse.ArgumentParser):
     p.add_argument('--hf-config', metavar='CONFIG', help="The dataset's configuration name, with --hf-dataset.")
     p.add_argument('--text-column', default='text', metavar='COL', help="The dataset's text column (default: text).")
     p.add_argument('--overwrite', action='store_true',
-                   help="Delete OUT first if it holds a run with a different config (otherwise that is refused).")
+                   help="If OUT holds a run with a different config, delete that run (its config.json, metrics.jsonl, "
+                        "state and snapshots; nothing else in OUT) and start again. Without it that is refused. A folder "
+                        "that is not a run directory is never deleted.")
+    p.add_argument('--allow-corpus-change', action='store_true',
+                   help="Resume even though the corpus differs from the one OUT was trained on (checksum in "
+                        "OUT/config.json); refused otherwise.")
     p.add_argument('--no-progress', action='store_true', help="Do not draw a progress bar (e.g. in logs).")
 
 def _config_from_args(args):
@@ -99,11 +104,18 @@ def _config_from_args(args):
 def train_cmd(args):
     from induction_nb.train import train
     cfg = _config_from_args(args)
-    run = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress, n_threads=args.threads)
+    if args.no_progress and (args.text or args.hf_dataset):
+        from datasets.utils.logging import disable_progress_bar; disable_progress_bar()     # its "Generating …" bars
+    run = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress, n_threads=args.threads,
+                allow_corpus_change=args.allow_corpus_change)
     import os
     if int(os.environ.get('RANK', '0')) == 0:        # under torchrun, rank 0 reports
-        val = run.metrics()['val_loss'].dropna().iloc[-1]
-        print(f"{run.path}: {len(run.steps)} snapshots up to step {run.steps[-1]}, final validation loss {val:.4f}\n"
+        last = run.steps[-1]        # the validation loss *of the last step*, never an earlier one
+        m = run.metrics()
+        val = m.loc[m.step == last, 'val_loss'].dropna().tolist() if 'val_loss' in m else []
+        if not val: raise ValueError(f"{run.path/'metrics.jsonl'} has no validation loss for the final step {last}; "
+                                     "re-run this command to recompute it.")
+        print(f"{run.path}: {len(run.steps)} snapshots up to step {last}, final validation loss {val[0]:.4f}\n"
               f"load it with: from induction_nb.train import load_run; model = load_run({str(run.path)!r}).latest()")
 
 # %% ../nbs/12_cli.ipynb #fbd776d4
@@ -121,7 +133,20 @@ def _load_plugins():
         subcommand('site', help="Build the documentation website offline (no Quarto, no network).", setup=site_setup)(site_run)
     except ModuleNotFoundError as e: _MISSING['site'] = f"needs {e.name!r}: pip install -e '.[dev,site]'"
 
-_FRIENDLY = (ValueError, FileExistsError, FileNotFoundError, KeyError)
+def _friendly():
+    "The expected failures: `main` prints them as one line instead of a traceback."
+    from induction_nb.train import CorruptFileError, RunLockedError, TrainingDiverged
+    return (ValueError, KeyError, OSError, CorruptFileError, RunLockedError, TrainingDiverged)
+
+def _one_line(e: BaseException) -> str:
+    "What to print for an expected failure: its message, or for a bare OS error the file and what to do."
+    if isinstance(e, KeyError) and e.args: return ' '.join(str(e.args[0]).split())
+    if isinstance(e, OSError) and e.filename and e.strerror:    # raised by the OS, not by this package
+        what = {PermissionError: "check its permissions, or choose another place (e.g. --out)",
+                NotADirectoryError: "a part of that path is a file, not a folder: choose another path (e.g. --out)",
+                IsADirectoryError: "a folder is where a file should be: choose another path"}.get(type(e), "check that path")
+        return f"{e.filename}: {e.strerror}; {what}."
+    return ' '.join(str(e).split())          # one line, even if a wrapped library message had several
 
 def build_parser() -> argparse.ArgumentParser:
     "An argparse parser with one subparser per registered subcommand."
@@ -144,9 +169,11 @@ def main(argv: list[str]|None=None) -> int:
     "Entry point of the `induction_nb` command; returns the exit status."
     args = build_parser().parse_args(argv)
     try: return args._fn(args) or 0
-    except _FRIENDLY as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt as e:      # Ctrl-C; `train` saves a resumable state first and says where
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 130
+    except _friendly() as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
 
 # %% ../nbs/12_cli.ipynb #42122b0a

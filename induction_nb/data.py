@@ -139,7 +139,14 @@ def text_corpus(paths, val_every: int=20, name: str|None=None, pattern: str='*')
     files = [f for f in files if f.stat().st_size > 0]
     if not files: raise ValueError(f"Corpus {[str(p) for p in paths]} is empty: no non-empty files found.")
     from datasets import load_dataset
-    ds = load_dataset('text', data_files=[str(f) for f in files], sample_by='document', split='train')
+    try: ds = load_dataset('text', data_files=[str(f) for f in files], sample_by='document', split='train')
+    except Exception:
+        for f in files:                              # the usual cause: a binary (non-UTF-8) file among the paths
+            try: f.read_bytes().decode('utf-8')
+            except UnicodeDecodeError as e: raise ValueError(
+                f"{f} is not UTF-8 text (byte {e.start}: {e.reason}), so it cannot be a corpus file. Remove it, or pass "
+                "only text files or folders of text files.") from None
+        raise
     return TextCorpus.from_documents(_docs_from_dataset(ds, 'text'), name=name or 'text', val_every=val_every,
                                      meta={'paths': [str(p) for p in paths], 'n_files': len(files)})
 

@@ -97,9 +97,11 @@ def token_counts(corpus, d_vocab: int=256) -> np.ndarray:
         return _COUNTS[key]
     return np.bincount(corpus.batch('train', 1024, 1024, seed=0).flatten().numpy(), minlength=d_vocab)
 
-def token_pool(corpus, min_count: int=1000, drop: int|tuple[int, int]=10) -> np.ndarray:
+def token_pool(corpus, min_count: int=1000, drop: int|tuple[int, int]=10, min_size: int=25) -> np.ndarray:
     """Tokens for probes: seen ≥ `min_count` times in training, never `BOS`, minus the `drop` most and `drop` least
-    frequent of those (`drop=(n_most, n_least)` to choose each). Synthetic corpora: all tokens `1..d_vocab-1`."""
+    frequent of those (`drop=(n_most, n_least)` to choose each). Synthetic corpora: all tokens `1..d_vocab-1`.
+    Fewer than `min_size` tokens (default: the probe's default block of 25 distinct tokens) is an error that says
+    which `min_count` would do, so a small corpus is caught here, by name, rather than inside the probe."""
     if isinstance(corpus, RepeatedSegments): return np.arange(1, corpus.d_vocab)
     if isinstance(corpus, RepeatedTokens): return np.asarray(corpus.pool)
     n_most, n_least = (drop, drop) if isinstance(drop, int) else drop
@@ -107,9 +109,16 @@ def token_pool(corpus, min_count: int=1000, drop: int|tuple[int, int]=10) -> np.
     ok = np.nonzero(counts >= min_count)[0]; ok = ok[ok != BOS]
     ok = ok[np.argsort(-counts[ok], kind='stable')]                    # most frequent first
     pool = np.sort(ok[n_most:len(ok) - n_least])
-    if len(pool) == 0: raise ValueError(
-        f"No tokens left in the probe pool: {len(ok)} tokens are seen >= {min_count} times and drop={drop} removes them "
-        "all. Lower min_count or drop.")
+    if len(pool) < max(1, min_size):
+        seen = np.sort(np.delete(counts, BOS)[np.delete(counts, BOS) > 0])[::-1]    # counts of the tokens that occur
+        need = max(1, min_size) + n_most + n_least
+        fix = (f"Lower min_count: min_count={int(seen[need-1])} leaves enough (pass it to token_pool, measure_inputs or "
+               f"sweep, e.g. sweep(run, min_count={int(seen[need-1])}))" if len(seen) >= need else
+               f"Only {len(seen)} distinct tokens occur at all: lower drop (now {drop}) or use a larger corpus")
+        raise ValueError(
+            f"The probe token pool has {len(pool)} tokens, fewer than the {max(1, min_size)} needed: {len(ok)} tokens are "
+            f"seen >= min_count={min_count} times in the {int(counts.sum()):,}-token training split, and drop={drop} removes "
+            f"{min(len(ok), n_most + n_least)} of them. {fix}.")
     return pool
 
 def probe_windows(pool, n_seqs: int=10, block: int=25, n_repeats: int=4, seed: int=0) -> torch.Tensor:
@@ -367,6 +376,16 @@ def _cache_folder(run, cache_dir, kind: str, params: dict):
         atomic_write(folder/'params.json', json.dumps(desc, indent=2, default=str).encode())
     return folder
 
+def _load_cached(f, load):
+    "`load(f)` for a cache file `f`, or None if there is none; a damaged one is named in a warning, deleted and recomputed."
+    if f is None or not f.exists(): return None
+    try: return load(f)
+    except Exception as e:          # np.load raises many kinds (BadZipFile, EOFError, ValueError, OSError, ...)
+        import warnings
+        warnings.warn(f"The measures-cache file {f} is damaged ({type(e).__name__}: {e}); recomputing it.", stacklevel=3)
+        f.unlink(missing_ok=True)
+        return None
+
 def _has(rec: dict, m: str) -> bool:
     "Whether a cached record holds measure `m`."
     keys = {'icl': ('scalar/icl_score', 'loss_by_position', 'pca_losses'), 'composition': ('pair/k_composition',)}.get(m, (f'head/{m}',))
@@ -386,7 +405,7 @@ def _sweep_records(run, measures, steps, progress, cache_dir, params) -> tuple[l
     inputs, records, stats = None, [], {'cached': 0, 'computed': 0, 'seconds': 0.0}
     for step in tqdm(steps, desc='measures', disable=not progress, dynamic_ncols=True):
         f = folder/f"step_{step:06d}-{snapshot_key(run.snapshot_path(step))}.npz" if folder else None
-        rec = dict(np.load(f)) if f is not None and f.exists() else {}
+        rec = _load_cached(f, lambda f: dict(np.load(f))) or {}
         todo = [m for m in measures if not _has(rec, m)]
         if todo:
             t0 = time.perf_counter()

@@ -4,10 +4,12 @@
 
 # %% ../nbs/02_training.ipynb #10e39dc6
 from __future__ import annotations
-import gc, hashlib, json, math, os, tempfile, time
+import gc, hashlib, json, math, os, signal, sys, tempfile, threading, time, warnings
 from typing import Callable
 from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
+try: import fcntl                # the run directory's lock (Linux, macOS)
+except ImportError: fcntl = None
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,8 @@ from .model import ModelConfig, Transformer, per_token_loss
 
 # %% auto #0
 __all__ = ['PRESETS', 'TrainConfig', 'RunConfig', 'preset', 'in_test', 'preset_for_env', 'atomic_write', 'save_tensors',
-           'CorruptFileError', 'load_tensors', 'Run', 'load_run', 'lr_at', 'val_loss', 'train']
+           'CorruptFileError', 'load_tensors', 'Run', 'load_run', 'lr_at', 'val_loss', 'RunLockedError',
+           'CorpusChangedError', 'TrainingDiverged', 'TrainingInterrupted', 'train']
 
 # %% ../nbs/02_training.ipynb #c17434d7
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class TrainConfig:
         for f in ('warmup_steps', 'snapshots_log', 'snapshots_lin', 'seed'):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 0: bad(f, f"must be a non-negative integer, got {v!r}")
+        for f in ('lr', 'weight_decay', 'grad_clip'):
+            v = getattr(self, f)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
+                bad(f, f"must be a finite number, got {v!r}")
         if not self.lr > 0: bad('lr', f"must be > 0, got {self.lr}")
         if self.weight_decay < 0: bad('weight_decay', f"must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0: bad('grad_clip', f"must be > 0 or None, got {self.grad_clip}")
@@ -84,6 +91,11 @@ class RunConfig:
         return json.loads(json.dumps({'model': self.model.to_dict(), 'train': asdict(self.train), 'corpus': self.corpus.to_dict()}))
     @classmethod
     def from_dict(cls, d: dict) -> 'RunConfig':
+        "From `to_dict`'s output; a field it lacks (written by an older version) takes its default, an unknown one is an error."
+        if not isinstance(d, dict): raise ValueError(f"A RunConfig must be a JSON object, got {type(d).__name__}")
+        for s in ('model', 'train', 'corpus'):
+            if not isinstance(d.get(s, {}), dict): raise ValueError(f"RunConfig section {s!r} must be a JSON object, "
+                                                                    f"got {type(d[s]).__name__}")
         unknown = set(d) - {'model', 'train', 'corpus'}
         if unknown: raise ValueError(f"Unknown RunConfig section(s) {sorted(unknown)}; expected model, train, corpus")
         return cls(ModelConfig.from_dict(d.get('model', {})), _from_dict(TrainConfig, d.get('train', {})),
@@ -173,7 +185,8 @@ def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path} does not exist")
     data = path.read_bytes()
-    fix = "Delete it (and re-run the training command to rewrite it) or restore it from a copy."
+    fix = ("Delete it and re-run the training command for its run directory, which rewrites it (a snapshot by replaying "
+           "training from step 0 with the same batches; a deleted state.safetensors restarts the run), or restore it from a copy.")
     try:
         tensors = st_load(data)
         n = int.from_bytes(data[:8], 'little'); header = json.loads(data[8:8+n])
@@ -196,10 +209,8 @@ class Run:
             f"Run directory {str(self.path)!r} does not exist. Train one first: induction_nb train --preset stdlib-2l --out {self.path}")
         if not (self.path/'config.json').is_file(): raise FileNotFoundError(
             f"{self.path} has no config.json, so it is not a run directory (or its training never started).")
-        try: self.info = json.loads((self.path/'config.json').read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{self.path/'config.json'} is not valid JSON ({e}); "
-                                                           "it was edited or damaged. Restore it or re-train.") from None
-        self.config = RunConfig.from_dict(self.info['config'])
+        self.info = _read_info(self.path)
+        self.config = _stored_config(self.info, self.path/'config.json')
 
     @property
     def steps(self) -> list[int]:
@@ -233,7 +244,14 @@ class Run:
         import pandas as pd
         return pd.DataFrame(_read_metrics(self.path/'metrics.jsonl'))
 
-    def corpus(self): return make_corpus(self.config.corpus)
+    def corpus(self):
+        "The run's corpus, rebuilt from its spec; warns if it is not the data the run was trained on (checksum differs)."
+        corpus = make_corpus(self.config.corpus)
+        old = self.info.get('corpus_description')
+        if old and _corpus_changed(old, corpus.describe()): warnings.warn(
+            f"The corpus of {self.path} differs from the one it was trained on ({_corpus_diff(old, corpus.describe())}): "
+            "measures computed now use the new data. Restore the original corpus for faithful measures.", stacklevel=2)
+        return corpus
     @property
     def done(self) -> bool: return bool(self.steps) and self.steps[-1] == self.config.train.steps
     def __repr__(self): return f"Run({str(self.path)!r}, {len(self.steps)} snapshots, last step {self.steps[-1] if self.steps else None})"
@@ -242,13 +260,59 @@ def load_run(path) -> Run:
     "Open the run directory at `path`."
     return Run(path)
 
+def _read_info(run_dir) -> dict:
+    "The run directory's `config.json`, checked: a JSON object holding a `config` object."
+    path = Path(run_dir)/'config.json'
+    try: info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{path} is not valid JSON ({e}): it was edited or damaged. Restore it from a copy, or train "
+                               "into another directory.") from None
+    if not isinstance(info, dict) or not isinstance(info.get('config'), dict): raise CorruptFileError(
+        f"{path} is not an induction_nb run's config (a JSON object with a \"config\" object), so {Path(run_dir)} is not "
+        "a run directory. Train into another directory; --overwrite never deletes a folder that is not a run.")
+    return info
+
+def _stored_config(info: dict, path) -> RunConfig:
+    "The `RunConfig` a `config.json` holds; names the field and the versions when this version cannot read it."
+    try: return RunConfig.from_dict(info['config'])
+    except (ValueError, TypeError) as e:
+        made = (info.get('versions') or {}).get('induction_nb', 'an unrecorded version')
+        raise ValueError(f"{path} cannot be read by induction_nb {induction_nb.__version__} (it was written by "
+                         f"induction_nb {made}): {e}. Use the version that wrote it, or train into another directory.") from None
+
+def _corpus_changed(old: dict, new: dict) -> bool:
+    "Whether two corpus descriptions are different data: by checksum where both have one, else by every field."
+    if old.get('sha256') or new.get('sha256'): return old.get('sha256') != new.get('sha256')
+    return old != new
+
+def _corpus_diff(old: dict, new: dict) -> str:
+    keys = [k for k in ('sha256', 'train_bytes', 'val_bytes', 'n_files', 'python') if old.get(k) != new.get(k)] or \
+           sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    short = lambda v: v[:12] + '…' if isinstance(v, str) and len(v) > 16 else v
+    return ', '.join(f"{k} {short(old.get(k))!r} -> {short(new.get(k))!r}" for k in keys[:5])
+
+def _parse_metrics(path) -> tuple[list[dict], list[int]]:
+    "`(rows, bad)`: the readable rows of a metrics log and the numbers of its other lines, except a torn last line."
+    if not Path(path).exists(): return [], []
+    text = Path(path).read_text(errors='replace')
+    lines = text.split('\n')
+    rows, bad = [], []
+    for i, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: r = json.loads(line)
+        except json.JSONDecodeError: r = None
+        if isinstance(r, dict) and isinstance(r.get('step'), int): rows.append(r)
+        elif i < len(lines): bad.append(i)   # the last piece has no newline after it: a write cut short by a crash
+    return rows, bad
+
 def _read_metrics(path) -> list[dict]:
-    "Complete JSON lines of a metrics log (a torn last line from a crash is ignored)."
-    if not Path(path).exists(): return []
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try: rows.append(json.loads(line))
-        except json.JSONDecodeError: pass
+    """Rows of a metrics log. A torn last line (a crash mid-write) is ignored; any other unreadable line is damage:
+    `CorruptFileError` names the file and the lines."""
+    rows, bad = _parse_metrics(path)
+    if bad: raise CorruptFileError(
+        f"{path} is damaged: line(s) {bad[:5]}{' …' if len(bad) > 5 else ''} are not metric rows (only a torn last line "
+        "is expected after a crash). Re-run the training command for this run directory to rebuild the log (missing rows "
+        "are recomputed), or restore it from a copy.")
     return rows
 
 # %% ../nbs/02_training.ipynb #4898b21a
@@ -261,14 +325,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     "Linear warm-up over `warmup_steps`, then constant."
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
-def _save_state(path, model, opt, step):
+def _save_state(path, model, opt, step, pending: list[float]=()):
+    "Model + AdamW state after `step` updates; `pending`: the train losses since the last metrics row (a Ctrl-C between rows)."
     tensors = {f'model.{k}': v for k, v in model.state_dict().items()}
     sd = opt.state_dict()
     for i, st in sd['state'].items():
         for k, v in st.items(): tensors[f'opt.{i}.{k}'] = v if torch.is_tensor(v) else torch.tensor(v)
-    save_tensors(path, tensors, meta={'step': step})
+    save_tensors(path, tensors, meta={'step': step, 'pending_losses': list(pending)})
 
-def _load_state(path, model, opt) -> int:
+def _load_state(path, model, opt) -> dict:
+    "Load `_save_state`'s file into `model` and `opt`; returns its meta (`step`, `pending_losses`)."
     tensors, meta = load_tensors(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
     sd = opt.state_dict()
@@ -278,7 +344,7 @@ def _load_state(path, model, opt) -> int:
             _, i, name = k.split('.', 2); state.setdefault(int(i), {})[name] = v
     sd['state'] = state
     opt.load_state_dict(sd)
-    return int(meta['step'])
+    return meta
 
 @torch.no_grad()
 def val_loss(model, corpus, n_ctx: int, n: int, seed: int=0, chunk: int=32) -> float:
@@ -305,89 +371,265 @@ def _on_rank0(world: int, fn):
     return out[0]
 
 # %% ../nbs/02_training.ipynb #a14ca716
-def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus) -> bool:
-    "Create or check `run_dir`; return True if there is state to resume from."
-    cfg_path = run_dir/'config.json'
+class RunLockedError(RuntimeError): "Another process is training into the run directory."
+class CorpusChangedError(ValueError): "The corpus is not the data the run directory was trained on."
+class TrainingDiverged(FloatingPointError): "The loss or the weights became NaN or infinite."
+class TrainingInterrupted(KeyboardInterrupt): "Ctrl-C: a resumable state was saved at the current step."
+
+_OWN = ('config.json', 'metrics.jsonl', 'state.safetensors')   # with snapshots/step_*.safetensors: what `train` writes
+
+def _own_tmp(run_dir: Path) -> list[Path]:
+    "Half-written temp files of `atomic_write` (`<name>.<random>.tmp`) for the files `train` writes, and only those."
+    return [*(p for p in run_dir.glob('*.tmp') if p.name.startswith(tuple(n + '.' for n in _OWN))),
+            *(run_dir/'snapshots').glob('step_*.safetensors.*.tmp')]
+
+def _remove_run(run_dir: Path):
+    "`--overwrite`: delete what `train` wrote in `run_dir` (config, metrics, state, snapshots), nothing else."
+    for p in [*(run_dir/n for n in _OWN), *(run_dir/'snapshots').glob('step_*.safetensors'), *_own_tmp(run_dir)]:
+        p.unlink(missing_ok=True)
+    if (run_dir/'snapshots').is_dir() and not any((run_dir/'snapshots').iterdir()): (run_dir/'snapshots').rmdir()
+
+def _resolve_paths(cfg: RunConfig) -> RunConfig:
+    "Text corpus paths as absolute paths, so `corpus/` and `/home/me/corpus` are the same run."
+    if cfg.corpus.kind != 'text': return cfg
+    return cfg.replace(corpus=dict(paths=tuple(str(Path(p).expanduser().resolve()) for p in cfg.corpus.paths)))
+
+def _lock(run_dir: Path):
+    "Hold `run_dir/.lock` (an exclusive `flock`: the OS lets go of it when the process ends, even by `kill -9`)."
+    if fcntl is None: return None
+    path = run_dir/'.lock'
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors='replace').strip() or 'unknown'
+        os.close(fd)
+        raise RunLockedError(f"{run_dir} is in use: process {pid} is training into it (it holds {path}). Wait for it to "
+                             f"finish, or stop it (kill -INT {pid}) and run this again; two writers would mix their files.") from None
+    me = f"{os.getpid()}\n".encode()
+    if os.pread(fd, 64, 0) != me: os.ftruncate(fd, 0); os.pwrite(fd, me, 0)    # who holds it, for the message above
+    return fd
+
+def _unlock(fd):
+    if fd is not None: os.close(fd)      # closing the descriptor releases the flock
+
+def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_corpus_change: bool=False) -> bool:
+    "Check or create `run_dir` (the caller holds its lock); return True if there is state to resume from."
+    cfg_path, new = run_dir/'config.json', cfg.to_dict()
     if cfg_path.exists():
-        try: old = json.loads(cfg_path.read_text())['config']
-        except (json.JSONDecodeError, KeyError): old = None
-        if old != cfg.to_dict() and not overwrite:
-            diff = [f"{s}.{k}: {old[s].get(k)!r} -> {v!r}" for s in cfg.to_dict() if old and s in old
-                    for k, v in cfg.to_dict()[s].items() if old[s].get(k) != v] if old else ['config.json unreadable']
-            raise FileExistsError(f"{run_dir} already holds a run with a different config ({'; '.join(diff[:5])}). "
-                                  "Use another directory, or pass overwrite=True (CLI: --overwrite) to replace it.")
-        if old != cfg.to_dict():
-            import shutil; shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True); (run_dir/'snapshots').mkdir(exist_ok=True)
-    # a run killed in the middle of `atomic_write` leaves its temp file behind (the target is untouched); only this
-    # run writes here, so any `*.tmp` is such a leftover
-    for tmp in [*run_dir.glob('*.tmp'), *(run_dir/'snapshots').glob('*.tmp')]: tmp.unlink(missing_ok=True)
+        info = _read_info(run_dir)                       # refuses a config.json that is not a run's, even with overwrite
+        old = _resolve_paths(_stored_config(info, cfg_path)).to_dict()    # missing fields: their defaults
+        if old != new:
+            if not overwrite:
+                diff = [f"{s}.{k}: {old[s].get(k)!r} -> {new[s].get(k)!r}" for s in new
+                        for k in sorted(set(old[s]) | set(new[s])) if old[s].get(k) != new[s].get(k)]
+                raise FileExistsError(
+                    f"{run_dir} already holds a run with a different config ({'; '.join(diff[:5])}). Train into another "
+                    "directory to keep it, or pass overwrite=True (CLI: --overwrite) to delete that run (its config, "
+                    "metrics, snapshots and state; nothing else in the folder) and start again.")
+            _remove_run(run_dir)
+        else:
+            was, now = info.get('corpus_description'), corpus.describe()
+            if was and _corpus_changed(was, now):
+                if not allow_corpus_change: raise CorpusChangedError(
+                    f"The corpus of {run_dir} is not the data it was trained on ({_corpus_diff(was, now)}; recorded in "
+                    f"{cfg_path}). Continuing would train on different data. Restore the original corpus; or start a new "
+                    "run in another directory (or with overwrite=True, CLI --overwrite); or, to continue on the new data "
+                    "anyway, pass allow_corpus_change=True (CLI: --allow-corpus-change).")
+                info = {**info, 'corpus_description': now, 'corpus_history': [*info.get('corpus_history', []), was]}
+                atomic_write(cfg_path, json.dumps(info, indent=2).encode())
+    (run_dir/'snapshots').mkdir(exist_ok=True)
+    # a run killed in the middle of `atomic_write` leaves its temp file behind (the target is untouched); the lock
+    # says no other process writes here, so any such `*.tmp` is a leftover
+    for tmp in _own_tmp(run_dir): tmp.unlink(missing_ok=True)
     if not cfg_path.exists():
-        info = {'config': cfg.to_dict(), 'corpus_description': corpus.describe(),
-                'versions': {'induction_nb': induction_nb.__version__, 'torch': torch.__version__}}
+        import platform
+        info = {'config': new, 'corpus_description': corpus.describe(),
+                'versions': {'induction_nb': induction_nb.__version__, 'torch': torch.__version__,
+                             'python': platform.python_version()}}
         atomic_write(cfg_path, json.dumps(info, indent=2).encode())
     return (run_dir/'state.safetensors').exists()
 
+def _open_dir(run_dir: Path, cfg, overwrite, corpus, allow_corpus_change):
+    "`(lock, resume)`: refuse what is not a run directory before touching it, then lock it and check it."
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is a file, not a directory: choose another run directory (CLI: --out).")
+    if (run_dir/'config.json').exists(): _read_info(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(run_dir)
+    try: return lock, _prepare_dir(run_dir, cfg, overwrite, corpus, allow_corpus_change)
+    except BaseException: _unlock(lock); raise
+
 def train(cfg: RunConfig|str, run_dir, overwrite: bool=False, progress: bool=True, n_threads: int|None=None,
-          on_step: Callable[[int, float], None]|None=None) -> Run:
-    "Train `cfg` (a `RunConfig` or a preset name) into `run_dir`, resuming if it holds an unfinished run; returns the `Run`."
+          on_step: Callable[[int, float], None]|None=None, allow_corpus_change: bool=False) -> Run:
+    """Train `cfg` (a `RunConfig` or a preset name) into `run_dir`, resuming if it holds an unfinished run; returns the `Run`.
+    A finished run is checked and repaired (missing snapshots and metric rows are recomputed), else left untouched."""
     if isinstance(cfg, str): cfg = preset(cfg)
+    if n_threads is not None and (not isinstance(n_threads, int) or isinstance(n_threads, bool) or n_threads < 1):
+        raise ValueError(f"n_threads (CLI: --threads) must be a positive integer, got {n_threads!r}")
+    cfg = _resolve_paths(cfg)
     threads = torch.get_num_threads()
     if n_threads: torch.set_num_threads(n_threads)          # only for this call: restored below
     tc, run_dir = cfg.train, Path(run_dir)
     rank, world, created = _dist()
-    try: return _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world)
+    try: return _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change)
     finally:
         if created: torch.distributed.destroy_process_group()
         torch.set_num_threads(threads)
 
-def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world) -> Run:
-    if tc.batch_size % world: raise ValueError(f"TrainConfig.batch_size={tc.batch_size} must be divisible by the "
-                                               f"number of processes ({world})")
-    corpus = make_corpus(cfg.corpus)
-    # rank 0 checks/creates the directory; every rank learns whether there is state to resume from (or the error)
-    resume = _on_rank0(world, lambda: _prepare_dir(run_dir, cfg, overwrite, corpus))
+def _finite(model) -> bool: return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+def _snapshot_row(model, corpus, cfg, run_dir, step) -> dict:
+    "Validate `model`, save it as the snapshot at `step`, return its metrics row."
+    model.eval()
+    v = val_loss(model, corpus, cfg.model.n_ctx, cfg.train.val_windows, seed=cfg.train.seed)
+    model.train()
+    save_tensors(run_dir/'snapshots'/_snap_name(step), model.state_dict(), meta={'step': step, 'config': cfg.to_dict()})
+    return {'step': step, 'tokens': step * cfg.train.batch_size * cfg.model.n_ctx, 'val_loss': v}
+
+def _step(model, ddp, opt, corpus, cfg, step, rank, per_rank) -> float:
+    "One optimizer update on the global batch of `step` (this rank's slice); returns this rank's loss."
+    tc = cfg.train
+    windows = corpus.batch('train', cfg.model.n_ctx, tc.batch_size, seed=(tc.seed, step))
+    windows = windows[rank*per_rank:(rank+1)*per_rank]
+    for g in opt.param_groups: g['lr'] = lr_at(tc, step)
+    loss = F.cross_entropy(ddp(windows[:, :-1]).flatten(0, 1), windows[:, 1:].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if tc.grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    return loss.item()
+
+def _replay(cfg, corpus, run_dir, upto: int, snaps: set, train_steps: set, progress: bool) -> list[dict]:
+    """Train again from step 0 to `upto` with the same batches (so the same weights, bit for bit on the same machine and
+    thread count), writing only the snapshots in `snaps`; returns their rows and the train-loss rows at `train_steps`."""
+    tc = cfg.train
     torch.manual_seed(tc.seed)
     model = Transformer(cfg.model)
     opt = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
-    start = _load_state(run_dir/'state.safetensors', model, opt) if resume else 0
+    rows, losses, t0, tokens_per_step = [], [], time.perf_counter(), tc.batch_size * cfg.model.n_ctx
+    model.train()
+    for step in tqdm(range(upto + 1), disable=not progress, desc=f"{run_dir.name} (repair)", dynamic_ncols=True):
+        if step in snaps: rows.append(_snapshot_row(model, corpus, cfg, run_dir, step))
+        if step == upto: break
+        losses.append(_step(model, model, opt, corpus, cfg, step, 0, tc.batch_size))
+        if (step + 1) % tc.log_every == 0:
+            if step + 1 in train_steps:
+                rows.append({'step': step + 1, 'tokens': (step + 1) * tokens_per_step, 'train_loss': sum(losses) / len(losses),
+                             'lr': lr_at(tc, step), 'tok_per_s': len(losses) * tokens_per_step / (time.perf_counter() - t0)})
+            losses, t0 = [], time.perf_counter()
+    return rows
+
+def _repair_log(cfg, corpus, run_dir, model, start: int, world: int, progress: bool):
+    """Make the metrics log and the snapshots complete up to `start`, the step of the state we resume from (inclusive if
+    the run is finished): rows past it are cut; a damaged line is dropped; a missing validation row is recomputed from its
+    snapshot; a missing snapshot or train-loss row by replaying training from step 0. Rewrites the log only if it changed."""
+    tc, path = cfg.train, run_dir/'metrics.jsonl'
+    done = start == tc.steps
+    rows, bad = _parse_metrics(path)
+    if bad: print(f"{path}: line(s) {bad[:5]} are damaged; rebuilding the log from its intact rows, the snapshots and, "
+                  "where needed, by replaying training.", file=sys.stderr)
+    rows = [r for r in rows if r['step'] < start or (r['step'] == start and (done or 'val_loss' not in r))]
+    seen, kept = set(), []
+    for r in rows:                                   # one row per (step, kind)
+        key = (r['step'], 'val_loss' in r)
+        if key not in seen: seen.add(key); kept.append(r)
+    want_snaps = [s for s in tc.snapshot_steps() if s < start or (done and s == start)]
+    missing_snaps = {s for s in want_snaps if not (run_dir/'snapshots'/_snap_name(s)).exists()}
+    if done and start in missing_snaps:              # the final weights are the state's: no need to replay them
+        kept = [r for r in kept if not (r['step'] == start and 'val_loss' in r)] + [_snapshot_row(model, corpus, cfg, run_dir, start)]
+        missing_snaps.discard(start)
+    missing_train = {s for s in range(tc.log_every, start + 1, tc.log_every) if (s, False) not in seen}
+    if missing_snaps or missing_train:
+        if world > 1: raise RuntimeError(
+            f"{run_dir} lacks snapshots or metric rows before step {start}; run the same command once without torchrun "
+            "to rebuild them, then resume under torchrun.")
+        upto = max(missing_snaps | missing_train)
+        print(f"{run_dir}: rebuilding {len(missing_snaps)} missing snapshot(s) and {len(missing_train)} train-loss row(s) "
+              f"by replaying steps 0-{upto}.", file=sys.stderr)
+        new = _replay(cfg, corpus, run_dir, upto, missing_snaps, missing_train, progress)
+        kept = [r for r in kept if not (r['step'] in missing_snaps and 'val_loss' in r)] + new
+    have_val = {r['step'] for r in kept if 'val_loss' in r}
+    for s in want_snaps:                             # a kill between a snapshot and its validation row
+        if s not in have_val:
+            m = Transformer(cfg.model); m.load_state_dict(load_tensors(run_dir/'snapshots'/_snap_name(s))[0]); m.eval()
+            kept.append({'step': s, 'tokens': s * tc.batch_size * cfg.model.n_ctx,
+                         'val_loss': val_loss(m, corpus, cfg.model.n_ctx, tc.val_windows, seed=tc.seed)})
+    kept.sort(key=lambda r: (r['step'], 'val_loss' in r))     # the order of an uninterrupted run
+    text = ''.join(json.dumps(r) + '\n' for r in kept).encode()
+    if not path.exists() or path.read_bytes() != text: atomic_write(path, text)
+
+def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change=False) -> Run:
+    if tc.batch_size % world: raise ValueError(f"TrainConfig.batch_size={tc.batch_size} must be divisible by the "
+                                               f"number of processes ({world})")
+    corpus = make_corpus(cfg.corpus)
+    for split in ('train', 'val'): corpus.batch(split, cfg.model.n_ctx, 1)   # a context longer than the corpus: refused now
+    lock = None
+    def open_dir():
+        nonlocal lock
+        lock, resume = _open_dir(run_dir, cfg, overwrite, corpus, allow_corpus_change)
+        return resume
+    # rank 0 checks/creates the directory; every rank learns whether there is state to resume from (or the error)
+    resume = _on_rank0(world, open_dir)
+    try: return _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resume)
+    finally: _unlock(lock)
+
+def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resume) -> Run:
+    torch.manual_seed(tc.seed)
+    model = Transformer(cfg.model)
+    opt = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
+    meta = _load_state(run_dir/'state.safetensors', model, opt) if resume else {}
+    start, pending = int(meta.get('step', 0)), [float(x) for x in meta.get('pending_losses', [])]
     metrics_path = run_dir/'metrics.jsonl'
-    if start == tc.steps and (run_dir/'snapshots'/_snap_name(start)).exists():
+    # keep what was logged up to the state we resume from (the snapshot at `start` is redone), fill any gaps before it
+    # (on rank 0; an error there reaches every rank, so none waits forever in a collective)
+    _on_rank0(world, lambda: _repair_log(cfg, corpus, run_dir, model, start, world, progress))
+    if start == tc.steps:
         if world > 1: torch.distributed.barrier()
-        return Run(run_dir)                                  # already finished: nothing to do
-    if rank == 0:   # keep what was logged up to the state we resume from; the snapshot at `start` is redone
-        rows = [r for r in _read_metrics(metrics_path) if r['step'] < start or (r['step'] == start and 'val_loss' not in r)]
-        atomic_write(metrics_path, ''.join(json.dumps(r) + '\n' for r in rows).encode())
+        return Run(run_dir)                                  # already finished: nothing (more) to do
+    if start and rank == 0: print(f"{run_dir}: resuming from step {start}", file=sys.stderr)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     snaps, per_rank = set(tc.snapshot_steps()), tc.batch_size // world
     tokens_per_step = tc.batch_size * cfg.model.n_ctx
     log = open(metrics_path, 'a') if rank == 0 else None
+    state_path = run_dir/'state.safetensors'
 
     def emit(row):
         if log: log.write(json.dumps(row) + '\n'); log.flush()
+    def diverged(step, what):
+        kept = _load_state_step(state_path)
+        return TrainingDiverged(
+            f"Training diverged: {what} at step {step} (lr={tc.lr}). "
+            + (f"{state_path} keeps the last good state (step {kept}); " if kept is not None else
+               "No checkpoint was reached before it; ")
+            + "re-running would diverge the same way. Lower the learning rate (CLI: --lr) and train into another "
+              "directory (or with --overwrite).")
     def snapshot(step):
         if rank: return
-        model.eval()
-        v = val_loss(model, corpus, cfg.model.n_ctx, tc.val_windows, seed=tc.seed)
-        model.train()
-        save_tensors(run_dir/'snapshots'/_snap_name(step), model.state_dict(), meta={'step': step, 'config': cfg.to_dict()})
-        emit({'step': step, 'tokens': step * tokens_per_step, 'val_loss': v})
+        if not _finite(model): raise diverged(step, "the weights are not finite")
+        emit(_snapshot_row(model, corpus, cfg, run_dir, step))
+
+    # Ctrl-C (SIGINT) sets a flag; the loop saves the state at the next step boundary and stops. A second Ctrl-C stops
+    # at once. Under torchrun the ranks cannot agree on a step without a collective, so there Ctrl-C keeps its default.
+    stop, old_handler = [], None
+    def on_sigint(signum, frame):
+        if stop: raise KeyboardInterrupt
+        stop.append(signum)
+    if world == 1 and threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
 
     bar = tqdm(total=tc.steps, initial=start, disable=not progress or rank != 0, desc=run_dir.name, dynamic_ncols=True)
-    losses, t0 = [], time.perf_counter()
+    losses, t0 = pending, time.perf_counter()
     try:
         model.train()
         for step in range(start, tc.steps):
+            if stop:
+                if log: log.flush(); os.fsync(log.fileno())
+                _save_state(state_path, model, opt, step, pending=losses)
+                raise TrainingInterrupted(f"the state of {run_dir} is saved at step {step}; run the same command again "
+                                          "to resume from there.")
             if step in snaps: snapshot(step)
-            windows = corpus.batch('train', cfg.model.n_ctx, tc.batch_size, seed=(tc.seed, step))
-            windows = windows[rank*per_rank:(rank+1)*per_rank]
-            for g in opt.param_groups: g['lr'] = lr_at(tc, step)
-            loss = F.cross_entropy(ddp(windows[:, :-1]).flatten(0, 1), windows[:, 1:].flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            losses.append(loss.item())
+            losses.append(_step(model, ddp, opt, corpus, cfg, step, rank, per_rank))
+            if not math.isfinite(losses[-1]): raise diverged(step + 1, f"the loss is {losses[-1]}")
             if on_step: on_step(step + 1, losses[-1])
             if (step + 1) % tc.log_every == 0:
                 l = sum(losses) / len(losses)
@@ -399,14 +641,20 @@ def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world) -> Run:
                 bar.set_postfix(loss=f"{l:.3f}", tok_s=f"{len(losses) * tokens_per_step / dt:,.0f}")
                 losses, t0 = [], time.perf_counter()
             if (step + 1) % tc.checkpoint_every == 0 and rank == 0:
+                if not _finite(model): raise diverged(step + 1, "the weights are not finite")
                 if log: log.flush(); os.fsync(log.fileno())
-                _save_state(run_dir/'state.safetensors', model, opt, step + 1)
+                _save_state(state_path, model, opt, step + 1)
             bar.update(1)
         snapshot(tc.steps)
-        if rank == 0: _save_state(run_dir/'state.safetensors', model, opt, tc.steps)
+        if rank == 0: _save_state(state_path, model, opt, tc.steps)
     finally:
         bar.close()
         if log: log.close()
+        if old_handler is not None: signal.signal(signal.SIGINT, old_handler)
     if world > 1:   # let go of DDP's hold on the process group while every rank is still alive, then meet
         del ddp; gc.collect(); torch.distributed.barrier()
     return Run(run_dir)
+
+def _load_state_step(path) -> int|None:
+    try: return int(load_tensors(path)[1]['step'])
+    except (FileNotFoundError, CorruptFileError, KeyError, ValueError): return None
