@@ -1,9 +1,9 @@
 """Training throughput: induction_nb's Transformer vs TransformerLens' HookedTransformer vs a plain PyTorch model.
 
-    .venv/bin/python bench/bench_train.py                  # stdlib-2l shape, 2 threads, 5 interleaved rounds
+    .venv/bin/python bench/bench_train.py                  # ctx256-2l shape, 2 threads, 5 interleaved rounds
     .venv/bin/python bench/bench_train.py --threads 1 --repeats 7 --steps 30
 
-All three are 2-layer attention-only transformers with the `stdlib-2l` shape (d_model 128, 4 heads of 32, context
+All three are 2-layer attention-only transformers with the `ctx256-2l` shape (d_model 128, 4 heads of 32, context
 256, vocab 256, batch 16), pre-LayerNorm + final LayerNorm, untied unembedding, init N(0, 0.02), trained with the
 same loop: cross-entropy, backward, grad-norm clip 1.0, AdamW(lr 2e-3, betas (0.9, 0.98), weight decay 0.05 on
 >=2-D weights). Batches are pre-generated random tokens, so data loading is not timed (our `train()` samples real

@@ -57,7 +57,7 @@ def _stretch(d, i, frac):
 def phase_window(tokens, icl, sigma: float=0.2, frac: float=0.3, min_slope: float=0.1, prefix=None,
                  min_rise: float=0.1) -> PhaseWindow:
     """The phase-change window of an ICL-score curve (see the rule above); ValueError if there is none. With `prefix`
-    (best prefix-matching score per snapshot), the candidate fall in which it rises most wins."""
+    (best prefix-matching score per snapshot), the steepest fall whose window holds the heads' fastest rise wins."""
     t, _, d = icl_derivative(tokens, icl, sigma)
     if len(t) < 5: raise ValueError(f"Need at least 5 snapshots with tokens > 0 to find a window, got {len(t)}")
     i = int(np.argmin(d))
@@ -66,9 +66,11 @@ def phase_window(tokens, icl, sigma: float=0.2, frac: float=0.3, min_slope: floa
                                            f"(min_slope={min_slope}): no phase change.")
     if prefix is not None:
         pm = np.asarray(prefix, dtype=float)[np.asarray(tokens, dtype=float) > 0]
-        cands = [j for j in range(len(d)) if -d[j] >= min_slope and d[j] <= d[max(j-1, 0)] and d[j] <= d[min(j+1, len(d)-1)]]
-        rise = {j: pm[_stretch(d, j, frac)[1]] - pm[_stretch(d, j, frac)[0]] for j in cands}
-        if rise and max(rise.values()) >= min_rise: i = max(rise, key=rise.get)
+        if pm.max() - pm.min() >= min_rise:              # heads do rise: the window must hold their fastest rise
+            k = int(np.argmax(np.gradient(smooth_log(t, pm, sigma), np.log(t))))
+            cands = [j for j in range(len(d)) if -d[j] >= min_slope and d[j] <= d[max(j-1, 0)] and d[j] <= d[min(j+1, len(d)-1)]]
+            holding = [j for j in cands if _stretch(d, j, frac)[0] <= k <= _stretch(d, j, frac)[1]]
+            if holding: i = min(holding, key=lambda j: d[j])
     lo, hi = _stretch(d, i, frac)
     return PhaseWindow(float(t[lo]), float(t[hi]), float(t[i]), float(d[i]), sigma, frac, min_slope)
 
