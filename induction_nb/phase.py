@@ -359,6 +359,7 @@ def fig_settings(settings: dict[str, list[RunTables]]):
             kw = dict(color=f'C{k}', lw=1.2, ls='-' if t.n_layers >= 2 else '--', label=name if j == 0 else None)
             axs[0].plot(t.snaps.tokens, t.snaps.prefix_max, **kw); axs[1].plot(t.snaps.tokens, t.snaps.icl, **kw)
     axs[0].set(ylabel='best prefix-matching score', ylim=(0, 1)); axs[1].set(ylabel='ICL score (nats)')
+    axs[1].set_title('loss(500) − loss(50); at context 256, loss(250) − loss(25)', fontsize=9)
     axs[1].axhline(0, color='k', lw=0.5)
     for ax in axs: _tokens_axis(ax); ax.set_xlim(left=2e5)
     axs[0].legend(fontsize=8); fig.tight_layout(); return fig
