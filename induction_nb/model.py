@@ -218,7 +218,11 @@ def run_with_cache(self: Transformer, tokens, names_filter=None, detach: bool=Tr
 Transformer.hooks, Transformer.run_with_hooks, Transformer.run_with_cache = hooks, run_with_hooks, run_with_cache
 
 # %% ../nbs/01_model.ipynb #53a92e41
-def per_token_loss(model: Transformer, windows: torch.Tensor, logits: torch.Tensor|None=None) -> torch.Tensor:
-    "Cross-entropy `[batch, pos]` of predicting `windows[:, 1:]` from `windows[:, :-1]` (pass `logits` to reuse them)."
+def per_token_loss(model: Transformer, windows: torch.Tensor, logits: torch.Tensor|None=None,
+                   chunk: int|None=None) -> torch.Tensor:
+    """Cross-entropy `[batch, pos]` of predicting `windows[:, 1:]` from `windows[:, :-1]` (pass `logits` to reuse them).
+    With `chunk`, the model reads that many windows at a time, without gradients: the form every evaluation uses."""
+    if chunk is not None and logits is None:
+        with torch.no_grad(): return torch.cat([per_token_loss(model, w) for w in windows.split(chunk)])
     if logits is None: logits = model(windows[:, :-1])
     return F.cross_entropy(rearrange(logits.float(), 'b p v -> b v p'), windows[:, 1:], reduction='none')

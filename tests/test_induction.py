@@ -3,7 +3,7 @@ a 2-layer attention-only model forms an induction head (in layer 1), a 1-layer m
 import pytest
 import torch
 from induction_nb.train import train, preset
-from induction_nb.measures import prefix_matching_scores, probe_windows, token_pool, previous_token_scores
+from induction_nb.scores import prefix_matching_scores, probe_windows, token_pool, previous_token_scores
 
 
 @pytest.fixture(autouse=True)

@@ -248,7 +248,7 @@ def test_cli_threads_must_be_positive(tmp_path, n):
     assert rc == 1 and '--threads' in _one_line_error(err) and not (tmp_path/'run').exists()
 
 def test_damaged_measures_cache_is_named_and_recomputed(ref, tmp_path):
-    from induction_nb.measures import sweep
+    from induction_nb.sweep import sweep
     d = _copy(ref, tmp_path)
     a = sweep(load_run(d), measures=['previous_token'], steps=[CFG.train.steps], progress=False, n_prev=4)
     f, = (d/'measures').rglob('step_*.npz')
@@ -347,7 +347,7 @@ def test_context_longer_than_corpus_is_refused_before_creating_the_run(tmp_path)
 def test_small_corpus_token_pool_error_says_which_min_count():
     import re
     from induction_nb.data import TextCorpus
-    from induction_nb.measures import measure_inputs
+    from induction_nb.sweep import measure_inputs
     rng = np.random.default_rng(0)
     alphabet = np.frombuffer(b'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:()', dtype=np.uint8)
     p = 1 / np.arange(1, len(alphabet) + 1) ** 1.3; p /= p.sum()                  # Zipf-like: few frequent bytes
