@@ -5,14 +5,14 @@
 # %% ../nbs/00_data.ipynb #e2f68cd8
 from __future__ import annotations
 import hashlib, json, os, sysconfig
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['D_VOCAB', 'BOS', 'CORPUS_KINDS', 'encode', 'decode', 'Corpus', 'TextCorpus', 'stdlib_files', 'stdlib_corpus',
-           'text_corpus', 'hf_corpus', 'RepeatedSegments', 'RepeatedTokens', 'CorpusSpec', 'make_corpus']
+           'text_corpus', 'hf_corpus', 'RepeatedSegments', 'RepeatedTokens', 'from_dict', 'CorpusSpec', 'make_corpus']
 
 # %% ../nbs/00_data.ipynb #9ad1b7a3
 D_VOCAB = 256  # one token per byte
@@ -209,6 +209,16 @@ class RepeatedTokens(Corpus):
     def describe(self):
         return {'name': self.name, 'block': self.block, 'n_repeats': self.n_repeats, 'pool_size': int(len(self.pool))}
 
+# %% ../nbs/00_data.ipynb #6c27c6e0
+def from_dict(cls, d: dict):
+    """An instance of the dataclass `cls` from the dict `d`: a field `d` lacks takes its default; a field `cls` does not
+    have is a `ValueError` naming it and the known fields."""
+    if not isinstance(d, dict): raise ValueError(f"A {cls.__name__} must be a JSON object, got {type(d).__name__}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(known))
+    if unknown: raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; known fields: {known}")
+    return cls(**d)
+
 # %% ../nbs/00_data.ipynb #82c0dc63
 CORPUS_KINDS = ('stdlib', 'text', 'hf', 'synthetic')
 
@@ -234,11 +244,9 @@ class CorpusSpec:
         object.__setattr__(self, 'paths', tuple(str(p) for p in self.paths))
     def to_dict(self): return asdict(self)
     @classmethod
-    def from_dict(cls, d: dict):
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown: raise ValueError(f"Unknown CorpusSpec field(s) {sorted(unknown)}; known: {list(cls.__dataclass_fields__)}")
-        return cls(**d)
+    def from_dict(cls, d: dict) -> 'CorpusSpec': return from_dict(cls, d)
 
+# %% ../nbs/00_data.ipynb #4309524e
 def make_corpus(spec: CorpusSpec|dict|str='stdlib') -> Corpus:
     "Build the corpus a `CorpusSpec` (or its dict, or just its kind) describes."
     if isinstance(spec, str): spec = CorpusSpec(kind=spec)

@@ -6,17 +6,18 @@
 from __future__ import annotations
 import json, math
 from contextlib import contextmanager
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict
 from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, einsum
-from .data import D_VOCAB, BOS
+from fastcore.basics import patch
+from .data import D_VOCAB, BOS, from_dict
 
 # %% auto #0
 __all__ = ['NORMALIZATIONS', 'POSITIONALS', 'ModelConfig', 'HookPoint', 'Attention', 'LayerNorm', 'MLP', 'Block', 'Transformer',
-           'hooks', 'run_with_hooks', 'run_with_cache', 'per_token_loss']
+           'per_token_loss']
 
 # %% ../nbs/01_model.ipynb #46c921b0
 NORMALIZATIONS = ('pre', 'none')
@@ -60,10 +61,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
-    def from_dict(cls, d: dict) -> 'ModelConfig':
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"Unknown ModelConfig field(s) {sorted(unknown)}; known fields: {[f.name for f in fields(cls)]}")
-        return cls(**d)
+    def from_dict(cls, d: dict) -> 'ModelConfig': return from_dict(cls, d)
 
 # %% ../nbs/01_model.ipynb #089d480f
 class HookPoint(nn.Module):
@@ -193,6 +191,7 @@ def _names(model, names_filter) -> list[str]:
     if unknown: raise KeyError(f"Unknown hook name(s) {unknown}; see model.hook_dict for the {len(model.hook_dict)} names")
     return list(names_filter)
 
+@patch
 @contextmanager
 def hooks(self: Transformer, fwd_hooks=()):
     "Attach `[(name or predicate, fn), ...]` for the duration of the `with` block."
@@ -204,18 +203,18 @@ def hooks(self: Transformer, fwd_hooks=()):
     finally:
         for h in handles: h.remove()
 
+@patch
 def run_with_hooks(self: Transformer, tokens, fwd_hooks=()):
     "Logits of `tokens` with `fwd_hooks` attached (each `fn(activation, hook)` may return a replacement)."
     with self.hooks(fwd_hooks): return self(tokens)
 
+@patch
 def run_with_cache(self: Transformer, tokens, names_filter=None, detach: bool=True):
     "`(logits, cache)`: the cache maps each hook name passing `names_filter` to its activation."
     cache = {}
     def save(act, hook): cache[hook.name] = act.detach() if detach else act
     with self.hooks([(n, save) for n in _names(self, names_filter)]): logits = self(tokens)
     return logits, cache
-
-Transformer.hooks, Transformer.run_with_hooks, Transformer.run_with_cache = hooks, run_with_hooks, run_with_cache
 
 # %% ../nbs/01_model.ipynb #53a92e41
 def per_token_loss(model: Transformer, windows: torch.Tensor, logits: torch.Tensor|None=None,

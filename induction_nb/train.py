@@ -4,9 +4,9 @@
 
 # %% ../nbs/02_training.ipynb #10e39dc6
 from __future__ import annotations
-import gc, hashlib, json, math, os, signal, sys, tempfile, threading, time, warnings
+import gc, hashlib, io, json, math, os, signal, sys, tempfile, threading, time, warnings
 from typing import Callable
-from dataclasses import dataclass, asdict, field, fields, replace
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 try: import fcntl                # the run directory's lock (Linux, macOS)
 except ImportError: fcntl = None
@@ -17,13 +17,13 @@ from safetensors import SafetensorError
 from safetensors.torch import save as st_save, load as st_load
 from tqdm.auto import tqdm
 import induction_nb
-from .data import CorpusSpec, make_corpus
+from .data import CorpusSpec, make_corpus, from_dict
 from .model import ModelConfig, Transformer, per_token_loss
 
 # %% auto #0
 __all__ = ['PRESETS', 'TrainConfig', 'RunConfig', 'preset', 'in_test', 'preset_for_env', 'atomic_write', 'save_tensors',
-           'CorruptFileError', 'load_tensors', 'Run', 'load_run', 'lr_at', 'val_loss', 'RunLockedError',
-           'CorpusChangedError', 'TrainingDiverged', 'TrainingInterrupted', 'train']
+           'CorruptFileError', 'read_safetensors_header', 'load_tensors', 'load_snapshot', 'Run', 'load_run', 'lr_at',
+           'val_loss', 'RunLockedError', 'CorpusChangedError', 'TrainingDiverged', 'TrainingInterrupted', 'train']
 
 # %% ../nbs/02_training.ipynb #c17434d7
 @dataclass(frozen=True)
@@ -67,11 +67,8 @@ class TrainConfig:
         log = np.geomspace(1, self.steps, self.snapshots_log) if self.snapshots_log else []
         lin = np.linspace(0, self.steps, self.snapshots_lin + 1) if self.snapshots_lin else []
         return sorted({0, self.steps, *(int(round(s)) for s in log), *(int(round(s)) for s in lin)})
-
-def _from_dict(cls, d: dict):
-    unknown = set(d) - {f.name for f in fields(cls)}
-    if unknown: raise ValueError(f"Unknown {cls.__name__} field(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
-    return cls(**d)
+    @classmethod
+    def from_dict(cls, d: dict) -> 'TrainConfig': return from_dict(cls, d)
 
 # %% ../nbs/02_training.ipynb #61d6df0d
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ class RunConfig:
                                                                     f"got {type(d[s]).__name__}")
         unknown = set(d) - {'model', 'train', 'corpus'}
         if unknown: raise ValueError(f"Unknown RunConfig section(s) {sorted(unknown)}; expected model, train, corpus")
-        return cls(ModelConfig.from_dict(d.get('model', {})), _from_dict(TrainConfig, d.get('train', {})),
+        return cls(ModelConfig.from_dict(d.get('model', {})), TrainConfig.from_dict(d.get('train', {})),
                    CorpusSpec.from_dict(d.get('corpus', {})))
     def replace(self, model: dict|None=None, train: dict|None=None, corpus: dict|None=None) -> 'RunConfig':
         "A copy with some fields of each section changed, e.g. `cfg.replace(train=dict(seed=1))`."
@@ -158,19 +155,25 @@ def preset_for_env(name: str, **sections) -> RunConfig:
 # %% ../nbs/02_training.ipynb #7c8cf8b8
 def atomic_write(path: str|Path, data: bytes):
     "Write `data` to `path` atomically (temp file in the same directory + fsync + rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp')
     try:
-        with os.fdopen(fd, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
 
+# %% ../nbs/02_training.ipynb #e3aab320
 def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(tensors):
-        h.update(k.encode()); h.update(tensors[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(k.encode())
+        h.update(tensors[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict|None=None):
@@ -178,25 +181,67 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict|None=None):
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, st_save(tensors, metadata={'sha256': _tensors_sha256(tensors), 'meta': json.dumps(meta or {})}))
 
+# %% ../nbs/02_training.ipynb #5ac95d83
 class CorruptFileError(RuntimeError): pass
 
+_FIX = ("Delete it and re-run the training command for its run directory, which rewrites it (a snapshot by replaying "
+        "training from step 0 with the same batches; a deleted state.safetensors restarts the run), or restore it from a copy.")
+
+def _parse_header(f, size: int, path) -> dict:
+    "The JSON header of the safetensors file open as `f` (`size` bytes): an 8-byte little-endian length, then that much JSON."
+    head, header = f.read(8), None
+    n = int.from_bytes(head, 'little')
+    if len(head) < 8: why = f"it is {size} bytes long, too short to hold the 8-byte header length"
+    elif not 2 <= n <= size - 8: why = f"its header length says {n} bytes, but {size - 8} follow"
+    else:
+        try: header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: why = f"its header is not valid JSON: {e}"
+        else: why = None if isinstance(header, dict) else "its header is not a JSON object"
+    if why: raise CorruptFileError(f"{path} is truncated or not a safetensors file ({why}). {_FIX}")
+    return header
+
+def read_safetensors_header(path) -> dict:
+    """The JSON header of the safetensors file at `path` (each tensor's dtype, shape and offsets, plus `__metadata__`), read
+    without reading the tensors; raises `CorruptFileError` naming the file if the header is truncated or not valid."""
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path} does not exist")
+    with open(path, 'rb') as f: return _parse_header(f, os.fstat(f.fileno()).st_size, path)
+
+# %% ../nbs/02_training.ipynb #a46af0e1
 def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict]:
     "`(tensors, meta)` from a file written by `save_tensors`; raises `CorruptFileError` naming the file if it is damaged."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path} does not exist")
-    data = path.read_bytes()
-    fix = ("Delete it and re-run the training command for its run directory, which rewrites it (a snapshot by replaying "
-           "training from step 0 with the same batches; a deleted state.safetensors restarts the run), or restore it from a copy.")
-    try:
-        tensors = st_load(data)
-        n = int.from_bytes(data[:8], 'little'); header = json.loads(data[8:8+n])
-        meta = header.get('__metadata__') or {}
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptFileError(f"{path} is truncated or not a safetensors file ({e}). {fix}") from None
+    data = path.read_bytes()            # one read: the header and the tensors come from the same version of the file
+    header = _parse_header(io.BytesIO(data), len(data), path)
+    try: tensors = st_load(data)
+    except (SafetensorError, ValueError) as e:
+        raise CorruptFileError(f"{path} is truncated or not a safetensors file ({e}). {_FIX}") from None
+    meta = header.get('__metadata__') or {}
     if meta.get('sha256') != _tensors_sha256(tensors):
-        raise CorruptFileError(f"{path} is corrupted: its tensors do not match the checksum stored in it. {fix}")
+        raise CorruptFileError(f"{path} is corrupted: its tensors do not match the checksum stored in it. {_FIX}")
     try: return tensors, json.loads(meta.get('meta', '{}'))
-    except json.JSONDecodeError: raise CorruptFileError(f"{path} is corrupted: its metadata is not valid JSON. {fix}") from None
+    except json.JSONDecodeError: raise CorruptFileError(f"{path} is corrupted: its metadata is not valid JSON. {_FIX}") from None
+
+# %% ../nbs/02_training.ipynb #00c92354
+def load_snapshot(path) -> Transformer:
+    """The model the snapshot file `path` holds, in eval mode, rebuilt from that file alone: `train` stores the run's config
+    in each snapshot's metadata (`meta['config']`, a `RunConfig` dict; a `ModelConfig` dict is accepted too)."""
+    tensors, meta = load_tensors(path)
+    cfg = meta.get('config')
+    if not isinstance(cfg, dict): raise ValueError(
+        f"{path} stores no model config in its metadata, so the model cannot be rebuilt from the file alone (it was not "
+        "written by `train`). Build `Transformer(config)` with the config it was trained with and load the weights with "
+        "`model.load_state_dict(load_tensors(path)[0])`; to make such a file self-contained, save it with "
+        "`save_tensors(path, model.state_dict(), meta={'config': model.cfg.to_dict()})`.")
+    try: model_cfg = ModelConfig.from_dict(cfg['model'] if 'model' in cfg else cfg)
+    except (ValueError, TypeError) as e: raise ValueError(
+        f"{path}: the model config stored in it cannot be read by induction_nb {induction_nb.__version__}: {e}") from None
+    model = Transformer(model_cfg)
+    try: model.load_state_dict(tensors)
+    except RuntimeError as e: raise CorruptFileError(
+        f"{path}: its tensors do not fit the model config stored with it ({e}). {_FIX}") from None
+    return model.eval()
 
 # %% ../nbs/02_training.ipynb #8b583cc0
 def _snap_name(step: int) -> str: return f"step_{step:06d}.safetensors"
@@ -226,16 +271,21 @@ class Run:
         return step * self.config.train.batch_size * self.config.model.n_ctx
 
     def load(self, step: int|None=None) -> Transformer:
-        "The model at snapshot `step` (default: the latest), in eval mode."
+        "The model at snapshot `step` (default: the latest), in eval mode; the model config stored in it must be the run's."
         steps = self.steps
         if not steps: raise FileNotFoundError(f"{self.path} has no snapshots yet.")
         if step is None: step = steps[-1]
         if step not in steps: raise KeyError(f"{self.path} has no snapshot at step {step}; nearest: "
                                              f"{min(steps, key=lambda s: abs(s - step))} (see run.steps)")
-        tensors, _ = load_tensors(self.snapshot_path(step))
-        model = Transformer(self.config.model)
-        model.load_state_dict(tensors)
-        return model.eval()
+        path = self.snapshot_path(step)
+        model, ours = load_snapshot(path), self.config.model.to_dict()
+        if model.cfg != self.config.model:
+            diff = ', '.join(f"{k}={v!r} in the snapshot, {ours[k]!r} in config.json"
+                             for k, v in model.cfg.to_dict().items() if v != ours[k])
+            raise ValueError(f"{path} holds a model whose config differs from the run's ({self.path/'config.json'}): {diff}. "
+                             "It does not belong to this run: move it back to the run directory it came from, or delete it "
+                             "and re-run the training command for this directory, which rebuilds it.")
+        return model
 
     def latest(self) -> Transformer: return self.load(None)
 
