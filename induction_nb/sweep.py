@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from .model import Transformer, per_token_loss
-from .train import atomic_write, load_run
+from .train import atomic_write, load_run, read_safetensors_header, CorruptFileError
 from .scores import (icl_score_ci, token_pool, probe_windows, attention_patterns, prefix_matching_scores,
                                  previous_token_scores, copying_scores, ov_eigen_copying, composition_scores)
 
@@ -109,11 +109,11 @@ def snapshot_key(path) -> str:
     "A checksum of a snapshot file: the tensors' SHA-256 from its safetensors header, else its size and mtime."
     path = Path(path)
     try:
-        with open(path, 'rb') as f:
-            n = int.from_bytes(f.read(8), 'little'); sha = json.loads(f.read(n)).get('__metadata__', {}).get('sha256')
+        sha = read_safetensors_header(path).get('__metadata__', {}).get('sha256')
         if sha: return sha[:20]
-    except (ValueError, UnicodeDecodeError, OSError): pass
-    st = path.stat(); return f"{st.st_size}-{st.st_mtime_ns}"
+    except CorruptFileError: pass
+    st = path.stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
 
 def _hash(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

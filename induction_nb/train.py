@@ -400,7 +400,7 @@ def _load_state(path, model, opt) -> dict:
 def val_loss(model, corpus, n_ctx: int, n: int, seed: int=0, chunk: int=32) -> float:
     "Mean validation loss over `n` fixed windows (the same for every snapshot of a run)."
     windows = corpus.batch('val', n_ctx, n, seed=(seed, 10**9))
-    return float(torch.cat([per_token_loss(model, w) for w in windows.split(chunk)]).mean())
+    return float(per_token_loss(model, windows, chunk=chunk).mean())
 
 def _dist():
     "`(rank, world_size, created)`, initialising torch.distributed (gloo) when launched by torchrun."
@@ -601,7 +601,7 @@ def _repair_log(cfg, corpus, run_dir, model, start: int, world: int, progress: b
     have_val = {r['step'] for r in kept if 'val_loss' in r}
     for s in want_snaps:                             # a kill between a snapshot and its validation row
         if s not in have_val:
-            m = Transformer(cfg.model); m.load_state_dict(load_tensors(run_dir/'snapshots'/_snap_name(s))[0]); m.eval()
+            m = load_snapshot(run_dir/'snapshots'/_snap_name(s))
             kept.append({'step': s, 'tokens': s * tc.batch_size * cfg.model.n_ctx,
                          'val_loss': val_loss(m, corpus, cfg.model.n_ctx, tc.val_windows, seed=tc.seed)})
     kept.sort(key=lambda r: (r['step'], 'val_loss' in r))     # the order of an uninterrupted run
