@@ -18,10 +18,10 @@ from .experiment import (RunTables, load_results, run_tables, load_or_compute, s
 
 # %% auto #0
 __all__ = ['SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window', 'icl_fraction_in_window',
-           'RunTables', 'load_results', 'fig_overview', 'fig_window', 'fig_heads', 'fig_loss_by_index', 'log_bins',
-           'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca', 'summarize', 'summary_table',
-           'seed_spread', 'paper_table', 'differences_text', 'calibration_table', 'fig_settings', 'phase_change_runs',
-           'draw_figures', 'phase_change', 'report', 'phase_setup', 'phase_change_cmd']
+           'fig_overview', 'fig_window', 'fig_heads', 'fig_loss_by_index', 'log_bins', 'loss_index_derivative',
+           'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca', 'summarize', 'summary_table', 'seed_spread',
+           'paper_table', 'differences_text', 'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures',
+           'phase_change', 'report', 'phase_setup', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -30,6 +30,7 @@ def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
     w = np.exp(-0.5 * ((x[:, None] - x[None, :]) / sigma) ** 2)
     return (w @ y) / w.sum(1)
 
+# %% ../nbs/04_phase_change.ipynb #f8e23050
 @dataclass
 class PhaseWindow:
     "The phase-change window: where the ICL score falls fastest against ln(tokens)."
@@ -43,6 +44,7 @@ class PhaseWindow:
     def contains(self, tokens) -> np.ndarray: return (np.asarray(tokens) >= self.start) & (np.asarray(tokens) <= self.end)
     def to_dict(self): return asdict(self)
 
+# %% ../nbs/04_phase_change.ipynb #111fa490
 def icl_derivative(tokens, icl, sigma: float=0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "`(tokens, smoothed ICL, d smoothed ICL / d ln tokens)` over the snapshots with tokens > 0."
     t, y = np.asarray(tokens, dtype=float), np.asarray(icl, dtype=float)
@@ -50,6 +52,7 @@ def icl_derivative(tokens, icl, sigma: float=0.2) -> tuple[np.ndarray, np.ndarra
     ys = smooth_log(t, y, sigma)
     return t, ys, np.gradient(ys, np.log(t))
 
+# %% ../nbs/04_phase_change.ipynb #ea7e3c7a
 def _stretch(d, i, frac):
     "The contiguous stretch around index `i` where `d` is at least `frac` of `d[i]`."
     lo = hi = i
@@ -95,50 +98,6 @@ def window(self: RunTables, **kw) -> PhaseWindow|None:
         warnings.warn(f"{self.name}: no phase-change window ({e})")
         return None
 
-# %% ../nbs/04_phase_change.ipynb #7d2ba470
-@dataclass
-class RunTables:
-    "Everything the phase-change figures read from one run."
-    name: str
-    n_layers: int
-    train: pd.DataFrame          # step, tokens, train_loss
-    snaps: pd.DataFrame          # step, tokens, val_loss, icl, icl_lo, icl_hi, prefix_max, prev_max
-    heads: pd.DataFrame          # step, tokens, layer, head, prefix, prev
-    loss_by_pos: np.ndarray      # [snapshot, token index]
-    ptl: np.ndarray              # [snapshot, example]: loss of one fixed random token per example
-    info: dict                   # config, ICL indices, sample sizes
-
-    def save(self, folder):
-        "Write the tables to `folder` (CSV + NPY + JSON, a few hundred KB)."
-        folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-        self.train.to_csv(folder/'train.csv', index=False); self.snaps.to_csv(folder/'snapshots.csv', index=False)
-        self.heads.to_csv(folder/'heads.csv', index=False)
-        np.save(folder/'loss_by_pos.npy', self.loss_by_pos.astype(np.float32)); np.save(folder/'ptl.npy', self.ptl.astype(np.float32))
-        (folder/'info.json').write_text(json.dumps({'name': self.name, 'n_layers': self.n_layers, **self.info}, indent=1))
-
-    @classmethod
-    def load(cls, folder) -> 'RunTables':
-        folder = Path(folder)
-        if not (folder/'info.json').exists(): raise FileNotFoundError(
-            f"{folder} holds no saved tables (no info.json). Run `induction_nb phase-change` to compute them.")
-        info = json.loads((folder/'info.json').read_text())
-        return cls(info.pop('name'), info.pop('n_layers'), pd.read_csv(folder/'train.csv'),
-                   pd.read_csv(folder/'snapshots.csv'), pd.read_csv(folder/'heads.csv'),
-                   np.load(folder/'loss_by_pos.npy'), np.load(folder/'ptl.npy'), info)
-
-    def window(self, **kw) -> PhaseWindow|None:
-        "This run's phase-change window (`phase_window` on its ICL and best-prefix curves), or None, with a warning, if none."
-        try: return phase_window(self.snaps.tokens, self.snaps.icl, prefix=self.snaps.prefix_max, **kw)
-        except ValueError as e:
-            import warnings; warnings.warn(f"{self.name}: no phase-change window ({e})"); return None
-
-def load_results(folder) -> list[RunTables]:
-    "Every `RunTables` saved under `folder` (one sub-folder each): deepest models first, then by name."
-    folder = Path(folder)
-    subs = sorted(p for p in folder.iterdir() if (p/'info.json').exists()) if folder.is_dir() else []
-    if not subs: raise FileNotFoundError(f"No saved run tables under {folder}. Run `induction_nb phase-change` first.")
-    return sorted((RunTables.load(p) for p in subs), key=lambda t: (-t.n_layers, t.name))
-
 # %% ../nbs/04_phase_change.ipynb #9d031a1c
 def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baseline: RunTables|None=None,
                  window_of: str|None=None):
@@ -179,6 +138,7 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
     fig.tight_layout()
     return fig
 
+# %% ../nbs/04_phase_change.ipynb #8298761a
 def fig_window(t: RunTables, window: PhaseWindow):
     "Fig 3: the ICL score (points), its smoothed curve, and its derivative against ln(tokens), window shaded."
     x, ys, d = icl_derivative(t.snaps.tokens, t.snaps.icl, window.sigma)
@@ -192,6 +152,7 @@ def fig_window(t: RunTables, window: PhaseWindow):
     a.set_title(f'{t.name}: the phase-change window, selected from the derivative of the ICL score', fontsize=10)
     fig.tight_layout(); return fig
 
+# %% ../nbs/04_phase_change.ipynb #f6bebe49
 def fig_heads(tables: list[RunTables], window: PhaseWindow|None=None, score: str='prefix'):
     "Fig 4: one line per head — its prefix-matching score over training — coloured by layer, one panel per run."
     fig, axs = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.2), sharey=True, squeeze=False)
@@ -203,6 +164,7 @@ def fig_heads(tables: list[RunTables], window: PhaseWindow|None=None, score: str
     axs[0][0].set_ylabel(f'{score} score per head'); axs[0][0].set_ylim(0, 1)
     fig.tight_layout(); return fig
 
+# %% ../nbs/04_phase_change.ipynb #2dae90b4
 def fig_loss_by_index(t: RunTables, window: PhaseWindow|None=None, n_bins: int=8):
     """Fig 5: loss over training at token indices grouped in octaves (1, 2–3, 4–7, …; single indices are too noisy)
     — early and late tokens improve together until the window, then separate."""
@@ -216,11 +178,13 @@ def fig_loss_by_index(t: RunTables, window: PhaseWindow|None=None, n_bins: int=8
     ax.legend(fontsize=8, ncol=3); ax.set_title(f'{t.name}: loss at different token indices', fontsize=10)
     fig.tight_layout(); return fig
 
+# %% ../nbs/04_phase_change.ipynb #54769522
 def log_bins(n_pos: int, n_bins: int=8) -> list[np.ndarray]:
     "Token indices 1..n_pos-1 grouped into up to `n_bins` log-spaced, non-empty bins."
     edges = np.unique(np.round(np.geomspace(1, n_pos, n_bins + 1)).astype(int))
     return [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
+# %% ../nbs/04_phase_change.ipynb #4c6f6715
 def loss_index_derivative(loss_by_pos: np.ndarray, n_bins: int=8) -> tuple[np.ndarray, np.ndarray]:
     """`(bin centres, d loss / d ln(token index) [snapshot, bin])`: how much the loss falls per e-fold more context.
     Positions are averaged in log-spaced bins first; per-position curves are too noisy to differentiate."""
@@ -229,6 +193,7 @@ def loss_index_derivative(loss_by_pos: np.ndarray, n_bins: int=8) -> tuple[np.nd
     binned = np.stack([loss_by_pos[:, b].mean(1) for b in bins], 1)
     return centres, np.gradient(binned, np.log(centres), axis=1)
 
+# %% ../nbs/04_phase_change.ipynb #53c59f75
 def fig_loss_heatmaps(tables: list[RunTables], window: PhaseWindow|None=None, vmax: float=0.3, min_tokens: float=2e5):
     "Heatmaps (snapshots × token index) of the loss and of its derivative with respect to ln(token index)."
     fig, axs = plt.subplots(2, len(tables), figsize=(4.2 * len(tables), 6.4), squeeze=False)
@@ -265,6 +230,7 @@ def pca_trajectories(tables: list[RunTables], n_components: int=2, min_tokens: f
     pca = PCA(n_components).fit(np.concatenate([t.ptl[keep[t.name]] for t in tables]))
     return {t.name: pca.transform(t.ptl[keep[t.name]]) for t in tables}, keep, pca.explained_variance_ratio_
 
+# %% ../nbs/04_phase_change.ipynb #3567727b
 def fig_pca(tables: list[RunTables], windows: dict|PhaseWindow|None=None, min_tokens: float|None=None):
     "Trajectories in the top-2 PCA plane (snapshots after warm-up); snapshots inside each run's window drawn larger, ringed."
     traj, keep, evr = pca_trajectories(tables, min_tokens=min_tokens)
@@ -310,10 +276,12 @@ def summarize(t: RunTables, window: PhaseWindow|None=None) -> dict:
         out['prefix_0.4_in_window'] = bool(window.start <= out['tokens_prefix_0.4'] <= window.end)
     return out
 
+# %% ../nbs/04_phase_change.ipynb #d89013c3
 def summary_table(tables: list[RunTables]) -> pd.DataFrame:
     "One row of `summarize` per run."
     return pd.DataFrame([summarize(t) for t in tables]).set_index('run')
 
+# %% ../nbs/04_phase_change.ipynb #8a915820
 def seed_spread(summary: pd.DataFrame, layers: int=2) -> pd.DataFrame:
     "Mean, standard deviation and range across the seeds of the `layers`-layer runs."
     rows = summary[summary.layers == layers].drop(columns=['layers']).select_dtypes('number')
@@ -394,6 +362,7 @@ def calibration_table(settings: dict[str, list[RunTables]]) -> pd.DataFrame:
                          'layer0_prev': g.layer0_prev.mean(), 'val_loss': g.final_val_loss.mean()})
     return pd.DataFrame(rows).set_index(['setting', 'layers'])
 
+# %% ../nbs/04_phase_change.ipynb #6983e0b7
 def fig_settings(settings: dict[str, list[RunTables]]):
     "Best prefix-matching score and ICL score over training for every run of every setting (2-layer solid, 1-layer dashed)."
     fig, axs = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -422,6 +391,7 @@ def phase_change_runs(seeds=(0,), seeds_1l=(0,), setting: str='paper') -> dict[s
     runs.update({f'1L seed {s}{sfx}': (f'{tag}{p1}-s{s}', preset_for_env(p1, train=dict(seed=s))) for s in seeds_1l})
     return runs
 
+# %% ../nbs/04_phase_change.ipynb #16aa1eec
 FIGURES = {'fig2_overview': 'training loss, ICL score and prefix matching together',
            'fig3_window': 'the window, from the derivative of the ICL score',
            'fig4_heads': 'prefix-matching score of every head over training',
@@ -446,6 +416,7 @@ def draw_figures(tables: list[RunTables], folder=None) -> dict:
             if f is not None: f.savefig(folder/f'{k}.png', dpi=110)
     return figs
 
+# %% ../nbs/04_phase_change.ipynb #e5b5b37e
 def phase_change(out='runs', seeds=(0,), seeds_1l=(0,), setting: str='paper', n_threads: int|None=None,
                  progress: bool=True, figures: bool=True) -> tuple[list[RunTables], pd.DataFrame]:
     "Train (or reuse) the runs of `phase_change_runs` under `out`, measure them, save tables and figures; returns `(tables, summary)`."
@@ -465,6 +436,7 @@ def phase_change(out='runs', seeds=(0,), seeds_1l=(0,), setting: str='paper', n_
         draw_figures(tables, out/f'figures{sfx}'); plt.close('all')
     return tables, summary
 
+# %% ../nbs/04_phase_change.ipynb #20efae8f
 def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
     "The headline numbers as plain text (what the CLI prints)."
     lines = []
@@ -498,6 +470,7 @@ def phase_setup(p):
     p.add_argument('--threads', type=int, metavar='N', help="Torch CPU threads (default: all cores).")
     p.add_argument('--no-progress', action='store_true', help="No progress bars.")
 
+# %% ../nbs/04_phase_change.ipynb #6c68456e
 def phase_change_cmd(args):
     "`induction_nb phase-change`: the README's main job."
     matplotlib.use('Agg')
