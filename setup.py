@@ -29,7 +29,7 @@ lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 extras = {'dev': dev_requirements,
           'tl': ['transformer-lens>=3.9,<4'],
-          'site': ['mkdocs>=1.6,<2', 'mkdocs-material>=9.5,<10', 'mkdocs-jupyter>=0.26,<0.27', 'jupyter-server-mathjax>=0.2.6,<0.3']}
+          'site': ['mkdocs>=1.6,<2', 'mkdocs-material>=9.5,<10', 'jupyter-server-mathjax>=0.2.6,<0.3']}
 
 setuptools.setup(
     name = cfg['lib_name'],

@@ -20,8 +20,9 @@ from .experiment import (RunTables, load_results, run_tables, load_or_compute, s
 __all__ = ['SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window', 'icl_fraction_in_window',
            'fig_overview', 'fig_window', 'fig_heads', 'fig_loss_by_index', 'log_bins', 'loss_index_derivative',
            'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca', 'summarize', 'summary_table', 'seed_spread',
-           'paper_table', 'differences_text', 'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures',
-           'phase_change', 'report', 'phase_setup', 'phase_change_cmd']
+           'paper_table', 'differences_text', 'loss_gap_text', 'heads_text', 'context_gap', 'context_gap_text',
+           'pca_speed', 'pca_text', 'settings_text', 'calibration_table', 'fig_settings', 'phase_change_runs',
+           'draw_figures', 'phase_change', 'report', 'phase_setup', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -344,6 +345,109 @@ def differences_text(tables: list[RunTables], summary: pd.DataFrame) -> str:
   these byte-level heads would score higher on another probe.
 - **A bend, not a bump.** The training loss has no visible bump; the phase change shows as a bend, plainest in the
   2-layer-minus-1-layer panel of Figure 2."""
+
+# %% ../nbs/04_phase_change.ipynb #9dcec286
+def loss_gap_text(tables: list[RunTables], windows: dict) -> str:
+    "How far the 2-layer runs' training loss has pulled away from the first 1-layer control's, at each window start and at the control's end."
+    two, one = [t for t in tables if t.n_layers == 2], next(t for t in tables if t.n_layers == 1)
+    def gap_at(t, tokens):
+        "2-layer minus 1-layer training loss (smoothed as in the figure) at `tokens` (within the 1-layer run)."
+        bx, by = smoothed_train_loss(one)
+        x, y = smoothed_train_loss(t)
+        return float(np.interp(tokens, x, y.values - np.interp(x, bx, by.values)))
+    end1 = float(one.train.tokens.max())                                   # the 1-layer control's last logged step
+    gaps = pd.DataFrame({t.name: dict(start=gap_at(t, windows[t.name].start), end1=gap_at(t, end1),
+                                      inside=windows[t.name].end >= end1) for t in two}).T
+    return f"""In every 2-layer seed the ICL score falls, the best head's prefix-matching score rises and the loss pulls away
+from the 1-layer model's in the same stretch of training. Where each seed's window starts, its training loss is
+{gaps.start.astype(float).mean():+.3f} nats (mean over seeds) from the 1-layer control's; at {end1/1e6:.1f}M tokens, the control's last
+step ({'inside' if gaps.inside.all() else 'at or after the end of'} {'every' if gaps.inside.all() else 'some'} seed's window), it is {gaps.end1.astype(float).mean():+.3f}:
+{(1 - gaps.start.astype(float) / gaps.end1.astype(float)).mean():.0%} of that gap opened after the window started. The control is trained for
+{one.snaps.step.max():,} steps to keep the main job short, so the bottom panel stops there."""
+
+# %% ../nbs/04_phase_change.ipynb #b0161dda
+def heads_text(tables: list[RunTables], windows: dict) -> str:
+    "One bullet per 2-layer run: its best head across its window and at the end; one for the 1-layer controls."
+    def story(t):
+        w, h = windows[t.name], t.heads
+        last = h[h.step == h.step.max()]
+        best = last.loc[last.prefix.idxmax()]
+        g = h[(h.layer == best.layer) & (h['head'] == best['head'])]
+        at = lambda x: float(np.interp(x, g.tokens, g.prefix))
+        return (f"{t.name}: head {int(best.layer)}.{int(best['head'])} goes from {at(w.start):.2f} to {at(w.end):.2f} across the window "
+                f"and ends at {best.prefix:.2f}; {int((last.prefix >= 0.4).sum())} head(s) end above 0.4, all in layer "
+                f"{', '.join(str(int(l)) for l in sorted(last[last.prefix >= 0.4].layer.unique())) or '–'}; the best layer-0 "
+                f"previous-token score ends at {last[last.layer == 0].prev.max():.2f}")
+    lines = [f"- {story(t)}." for t in tables if t.n_layers == 2]
+    ones = [t for t in tables if t.n_layers == 1]
+    if ones: lines.append(f"- 1-layer controls: no head's prefix-matching score ever exceeds {max(t.heads.prefix.max() for t in ones):.2f}.")
+    return '\n'.join(lines)
+
+# %% ../nbs/04_phase_change.ipynb #ef5d77f5
+def context_gap(t: RunTables, lo=(32, 64), hi=(256, 512)) -> np.ndarray:
+    "Loss at token indices in `hi` minus indices in `lo`, per snapshot (negative: more context helps)."
+    return t.loss_by_pos[:, hi[0]:hi[1]].mean(1) - t.loss_by_pos[:, lo[0]:lo[1]].mean(1)
+
+def context_gap_text(t: RunTables, window: PhaseWindow, control: RunTables) -> str:
+    "`context_gap` of `t` at its window's start and end and at the end of training, and of the 1-layer `control` at its end."
+    d, tok = context_gap(t), t.snaps.tokens.values
+    i0, i1 = np.searchsorted(tok, window.start), min(np.searchsorted(tok, window.end), len(tok) - 1)
+    return f"""For {t.name}, the loss at token indices 256–511 minus the loss at indices 32–63 is {d[i0]:+.3f} nats at the
+window's start, {d[i1]:+.3f} at its end and {d[-1]:+.3f} at the end of training: tokens with much context pull ahead of
+tokens with little context inside the window. For the 1-layer control the same difference is {context_gap(control)[-1]:+.3f} at the end."""
+
+# %% ../nbs/04_phase_change.ipynb #98a9bfd9
+def pca_speed(tables: list[RunTables], windows: dict) -> tuple[dict, np.ndarray]:
+    """`({run: speed}, explained variance)`: path length of each run's top-2 PCA trajectory inside its window (a 1-layer
+    run: the first 2-layer run's), as a share of its whole path after warm-up, over the share of ln(tokens) the window spans."""
+    traj, keep, evr = pca_trajectories(tables)
+    first = next(iter(windows.values()))
+    out = {}
+    for t in tables:
+        w, z, tok = windows.get(t.name, first), traj[t.name], t.snaps.tokens.values[keep[t.name]]
+        seg, mid = np.linalg.norm(np.diff(z, axis=0), axis=1), np.sqrt(tok[1:] * tok[:-1])
+        inside = (mid >= w.start) & (mid <= min(w.end, tok[-1]))
+        span = (np.log(min(w.end, tok[-1])) - np.log(max(w.start, tok[0]))) / (np.log(tok[-1]) - np.log(tok[0]))
+        out[t.name] = seg[inside].sum() / seg.sum() / span
+    return out, evr
+
+def pca_text(tables: list[RunTables], windows: dict) -> str:
+    "The PCA's explained variance and how much faster the trajectories move inside the window."
+    speed, evr = pca_speed(tables, windows)
+    def rng(v, f='{:.1f}'):
+        lo, hi = f.format(min(v)), f.format(max(v))
+        return lo if lo == hi else f"{lo}–{hi}"
+    sp2 = [speed[t.name] for t in tables if t.n_layers == 2]
+    sp1 = [speed[t.name] for t in tables if t.n_layers == 1]
+    return f"""The top two components explain {evr[0]:.0%} and {evr[1]:.0%} of the variance. Measured as path length per unit of
+ln(tokens), the 2-layer trajectories move {rng(sp2)}× as fast inside their windows (ringed) as on average after
+warm-up; over the first seed's window the 1-layer control{'s move' if len(sp1) > 1 else ' moves'} {rng(sp1)}× as fast as on average."""
+
+# %% ../nbs/04_phase_change.ipynb #456d7714
+def settings_text(calib: pd.DataFrame, two: list[RunTables]) -> str:
+    "What `calibration_table` says about where positions enter (residual stream, Shortformer, TransformerLens' Shortformer)."
+    c2 = calib.xs(2, level='layers')
+    row = lambda k: c2.loc[k] if k in c2.index else None
+    sf, rs, tl = row('512, Shortformer (default)'), row('512, residual'), row('512, Shortformer-TL')
+    sf1 = calib.loc[('512, Shortformer (default)', 1)] if ('512, Shortformer (default)', 1) in calib.index else None
+    parts = []
+    if sf is not None and rs is not None: parts.append(f"""At context 512 with positions in the residual stream, {int(rs.n_head_04)} of {int(rs.seeds)} seeds formed an
+induction head (prefix matching ≥ 0.4) within {int(rs.steps):,} steps, and the best ended at a prefix-matching score of {rs.final_prefix_max:.2f}; with Shortformer positions
+{int(sf.n_head_04)} of {int(sf.seeds)} seeds did within {int(sf.steps):,} steps (final prefix matching {sf.final_prefix:.2f} on average,
+ICL {sf.final_icl:+.3f} against {rs.final_icl:+.3f}, layer-0 previous-token score {sf.layer0_prev:.2f} against {rs.layer0_prev:.2f}).
+With no positions in the residual stream, a layer-0 head can only tell layer 1 where a token was by attending to
+it: a clean previous-token head is the cheapest way, and it is the first half of the induction circuit.""")
+    if sf1 is not None: parts.append(f"""The 1-layer Shortformer models get that first half too (layer-0 previous-token score {sf1.layer0_prev:.2f}, mean of {int(sf1.seeds)}
+seeds) but have no later layer to compose it with: their best prefix-matching score stays at {sf1.final_prefix_max:.2f}.""")
+    if tl is not None:
+        init_std = two[0].info['config']['model']['init_std']
+        at_stop = np.array([np.interp(tl.steps, t.snaps.step, t.snaps.prefix_max) for t in two])
+        parts.append(f"""Where the position embedding enters matters too. TransformerLens' Shortformer adds it *after* the LayerNorm
+(`positional='shortformer-tl'`), where, initialised like every other weight (standard deviation {init_std}), it starts about
+{1 / init_std:.0f} times weaker than the normalised token signal (standard deviation 1 per dimension): its {int(tl.seeds)} runs had a layer-0
+previous-token score of {tl.layer0_prev:.2f} and no induction head (best prefix matching {tl.final_prefix_max:.2f}) when we stopped them
+at step {int(tl.steps):,}; at that step the default runs' best heads scored {at_stop.min():.2f}–{at_stop.max():.2f}.""")
+    return '\n\n'.join(parts)
 
 # %% ../nbs/04_phase_change.ipynb #270051e0
 def calibration_table(settings: dict[str, list[RunTables]]) -> pd.DataFrame:
