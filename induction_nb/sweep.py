@@ -34,11 +34,9 @@ class Measure:
 MEASURES: dict[str, Measure] = {}
 
 # %% ../nbs/03b_sweep.ipynb #aa319e0c
-def add_measure(name: str, fn: Callable, keys=None) -> Measure:
+def add_measure(name: str, fn: Callable, keys=None):
     "Register measure `name` (default keys: `head/<name>`); the one place a new measure is added."
-    m = Measure(name, fn, tuple(keys or (f'head/{name}',)))
-    MEASURES[name] = m
-    return m
+    MEASURES[name] = Measure(name, fn, tuple(keys or (f'head/{name}',)))
 
 # %% ../nbs/03b_sweep.ipynb #c5c59ffd
 MEASURE_PARAMS = dict(n_icl=128, icl_seed=0, pca_per_window=4, early=None, late=None, band=None, n_boot=1000, n_prev=16,
