@@ -129,6 +129,7 @@ class LayerNorm(nn.Module):
     def norm(self, x): return F.layer_norm(x, x.shape[-1:], self.w, None, 1e-5) if self.on else x
     def forward(self, x): return self.hook_normalized(self.norm(x))
 
+# %% ../nbs/01_model.ipynb #fa7fecce
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -136,6 +137,7 @@ class MLP(nn.Module):
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
     def forward(self, x): return self.hook_post(F.gelu(self.hook_pre(x @ self.W_in))) @ self.W_out
 
+# %% ../nbs/01_model.ipynb #85b14e70
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -203,11 +205,13 @@ def hooks(self: Transformer, fwd_hooks=()):
     finally:
         for h in handles: h.remove()
 
+# %% ../nbs/01_model.ipynb #d45816bd
 @patch
 def run_with_hooks(self: Transformer, tokens, fwd_hooks=()):
     "Logits of `tokens` with `fwd_hooks` attached (each `fn(activation, hook)` may return a replacement)."
     with self.hooks(fwd_hooks): return self(tokens)
 
+# %% ../nbs/01_model.ipynb #2514d74c
 @patch
 def run_with_cache(self: Transformer, tokens, names_filter=None, detach: bool=True):
     "`(logits, cache)`: the cache maps each hook name passing `names_filter` to its activation."

@@ -138,10 +138,12 @@ def preset(name: str, **sections) -> RunConfig:
     if name not in PRESETS: raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**sections)
 
+# %% ../nbs/02_training.ipynb #d4ef58c4
 def in_test() -> bool:
     "True under `nbdev_test` (it sets `IN_TEST`) or when `INDUCTION_NB_TEST` is set."
     return bool(os.environ.get('IN_TEST') or os.environ.get('INDUCTION_NB_TEST'))
 
+# %% ../nbs/02_training.ipynb #8ec887c7
 def preset_for_env(name: str, **sections) -> RunConfig:
     "`preset(name)`, except under test, where a real-text preset becomes its synthetic stand-in (same layers and variant)."
     if in_test() and not name.startswith('synthetic'):
@@ -184,6 +186,7 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict|None=None):
 # %% ../nbs/02_training.ipynb #5ac95d83
 class CorruptFileError(RuntimeError): pass
 
+# %% ../nbs/02_training.ipynb #b442a017
 _FIX = ("Delete it and re-run the training command for its run directory, which rewrites it (a snapshot by replaying "
         "training from step 0 with the same batches; a deleted state.safetensors restarts the run), or restore it from a copy.")
 
@@ -306,6 +309,7 @@ class Run:
     def done(self) -> bool: return bool(self.steps) and self.steps[-1] == self.config.train.steps
     def __repr__(self): return f"Run({str(self.path)!r}, {len(self.steps)} snapshots, last step {self.steps[-1] if self.steps else None})"
 
+# %% ../nbs/02_training.ipynb #da7ac2c3
 def load_run(path) -> Run:
     "Open the run directory at `path`."
     return Run(path)
@@ -375,6 +379,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     "Linear warm-up over `warmup_steps`, then constant."
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
+# %% ../nbs/02_training.ipynb #ffbcdc11
 def _save_state(path, model, opt, step, pending: list[float]=()):
     "Model + AdamW state after `step` updates; `pending`: the train losses since the last metrics row (a Ctrl-C between rows)."
     tensors = {f'model.{k}': v for k, v in model.state_dict().items()}
@@ -426,6 +431,7 @@ class CorpusChangedError(ValueError): "The corpus is not the data the run direct
 class TrainingDiverged(FloatingPointError): "The loss or the weights became NaN or infinite."
 class TrainingInterrupted(KeyboardInterrupt): "Ctrl-C: a resumable state was saved at the current step."
 
+# %% ../nbs/02_training.ipynb #c54c2ed5
 _OWN = ('config.json', 'metrics.jsonl', 'state.safetensors')   # with snapshots/step_*.safetensors: what `train` writes
 
 def _own_tmp(run_dir: Path) -> list[Path]:
@@ -439,6 +445,7 @@ def _remove_run(run_dir: Path):
         p.unlink(missing_ok=True)
     if (run_dir/'snapshots').is_dir() and not any((run_dir/'snapshots').iterdir()): (run_dir/'snapshots').rmdir()
 
+# %% ../nbs/02_training.ipynb #ceb5e174
 def _resolve_paths(cfg: RunConfig) -> RunConfig:
     "Text corpus paths as absolute paths, so `corpus/` and `/home/me/corpus` are the same run."
     if cfg.corpus.kind != 'text': return cfg
@@ -459,6 +466,7 @@ def _lock(run_dir: Path):
     if os.pread(fd, 64, 0) != me: os.ftruncate(fd, 0); os.pwrite(fd, me, 0)    # who holds it, for the message above
     return fd
 
+# %% ../nbs/02_training.ipynb #e11e14f4
 def _unlock(fd):
     if fd is not None: os.close(fd)      # closing the descriptor releases the flock
 
@@ -499,6 +507,7 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_c
         atomic_write(cfg_path, json.dumps(info, indent=2).encode())
     return (run_dir/'state.safetensors').exists()
 
+# %% ../nbs/02_training.ipynb #d558f242
 def _open_dir(run_dir: Path, cfg, overwrite, corpus, allow_corpus_change):
     "`(lock, resume)`: refuse what is not a run directory before touching it, then lock it and check it."
     if run_dir.exists() and not run_dir.is_dir():
@@ -509,6 +518,7 @@ def _open_dir(run_dir: Path, cfg, overwrite, corpus, allow_corpus_change):
     try: return lock, _prepare_dir(run_dir, cfg, overwrite, corpus, allow_corpus_change)
     except BaseException: _unlock(lock); raise
 
+# %% ../nbs/02_training.ipynb #20d70107
 def train(cfg: RunConfig|str, run_dir, overwrite: bool=False, progress: bool=True, n_threads: int|None=None,
           on_step: Callable[[int, float], None]|None=None, allow_corpus_change: bool=False) -> Run:
     """Train `cfg` (a `RunConfig` or a preset name) into `run_dir`, resuming if it holds an unfinished run; returns the `Run`.
@@ -526,6 +536,7 @@ def train(cfg: RunConfig|str, run_dir, overwrite: bool=False, progress: bool=Tru
         if created: torch.distributed.destroy_process_group()
         torch.set_num_threads(threads)
 
+# %% ../nbs/02_training.ipynb #3594a027
 def _finite(model) -> bool: return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 def _snapshot_row(model, corpus, cfg, run_dir, step) -> dict:
@@ -536,6 +547,7 @@ def _snapshot_row(model, corpus, cfg, run_dir, step) -> dict:
     save_tensors(run_dir/'snapshots'/_snap_name(step), model.state_dict(), meta={'step': step, 'config': cfg.to_dict()})
     return {'step': step, 'tokens': step * cfg.train.batch_size * cfg.model.n_ctx, 'val_loss': v}
 
+# %% ../nbs/02_training.ipynb #55d1b16a
 def _step(model, ddp, opt, corpus, cfg, step, rank, per_rank) -> float:
     "One optimizer update on the global batch of `step` (this rank's slice); returns this rank's loss."
     tc = cfg.train
@@ -549,6 +561,7 @@ def _step(model, ddp, opt, corpus, cfg, step, rank, per_rank) -> float:
     opt.step()
     return loss.item()
 
+# %% ../nbs/02_training.ipynb #6a5e0623
 def _replay(cfg, corpus, run_dir, upto: int, snaps: set, train_steps: set, progress: bool) -> list[dict]:
     """Train again from step 0 to `upto` with the same batches (so the same weights, bit for bit on the same machine and
     thread count), writing only the snapshots in `snaps`; returns their rows and the train-loss rows at `train_steps`."""
@@ -569,6 +582,7 @@ def _replay(cfg, corpus, run_dir, upto: int, snaps: set, train_steps: set, progr
             losses, t0 = [], time.perf_counter()
     return rows
 
+# %% ../nbs/02_training.ipynb #abc89eb0
 def _repair_log(cfg, corpus, run_dir, model, start: int, world: int, progress: bool):
     """Make the metrics log and the snapshots complete up to `start`, the step of the state we resume from (inclusive if
     the run is finished): rows past it are cut; a damaged line is dropped; a missing validation row is recomputed from its
@@ -608,6 +622,7 @@ def _repair_log(cfg, corpus, run_dir, model, start: int, world: int, progress: b
     text = ''.join(json.dumps(r) + '\n' for r in kept).encode()
     if not path.exists() or path.read_bytes() != text: atomic_write(path, text)
 
+# %% ../nbs/02_training.ipynb #37ee826f
 def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change=False) -> Run:
     if tc.batch_size % world: raise ValueError(f"TrainConfig.batch_size={tc.batch_size} must be divisible by the "
                                                f"number of processes ({world})")
@@ -623,6 +638,7 @@ def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_co
     try: return _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resume)
     finally: _unlock(lock)
 
+# %% ../nbs/02_training.ipynb #8b984ebc
 def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resume) -> Run:
     torch.manual_seed(tc.seed)
     model = Transformer(cfg.model)
