@@ -81,7 +81,8 @@ def train_cmd(args):
     "`induction_nb train`: train a preset into a run directory, or resume it."
     cfg = _config_from_args(args)
     if args.no_progress and (args.text or args.hf_dataset):
-        from datasets.utils.logging import disable_progress_bar; disable_progress_bar()     # its "Generating …" bars
+        from datasets.utils.logging import disable_progress_bar
+        disable_progress_bar()     # its "Generating …" bars
     run = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress, n_threads=args.threads,
                 allow_corpus_change=args.allow_corpus_change)
     if int(os.environ.get('RANK', '0')) == 0:        # under torchrun, rank 0 reports

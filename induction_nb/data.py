@@ -177,12 +177,14 @@ class RepeatedSegments(Corpus):
     def sample(self, split, n_ctx, n, rng):
         # validation uses a disjoint stream: the same seed never yields the same windows in both splits
         if split == 'val': rng = np.random.default_rng([2**31 - 1, int(rng.integers(2**31))])
-        out = np.empty((n, n_ctx+1), dtype=np.int64); out[:, 0] = BOS
+        out = np.empty((n, n_ctx+1), dtype=np.int64)
+        out[:, 0] = BOS
         for i in range(n):
             parts, total = [], 0
             while total < n_ctx:
                 seg = rng.integers(1, self.d_vocab, size=rng.integers(self.min_len, self.max_len+1))
-                parts.append(np.tile(seg, self.n_repeats)); total += len(parts[-1])
+                parts.append(np.tile(seg, self.n_repeats))
+                total += len(parts[-1])
             out[i, 1:] = np.concatenate(parts)[:n_ctx]
         return out
     def describe(self):
@@ -201,7 +203,8 @@ class RepeatedTokens(Corpus):
     def seq_len(self) -> int: return self.block * self.n_repeats
     def sample(self, split, n_ctx=None, n=1, rng=None):
         "Windows `[n, block*n_repeats+1]`; `n_ctx` is ignored (the length is fixed by the block)."
-        out = np.empty((n, self.seq_len+1), dtype=np.int64); out[:, 0] = BOS
+        out = np.empty((n, self.seq_len+1), dtype=np.int64)
+        out[:, 0] = BOS
         for i in range(n): out[i, 1:] = np.tile(rng.choice(self.pool, size=self.block, replace=False), self.n_repeats)
         return out
     def batch(self, split='val', n_ctx=None, size=10, seed=0):

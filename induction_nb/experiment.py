@@ -34,10 +34,13 @@ class RunTables:
 
     def save(self, folder):
         "Write the tables to `folder` (CSV + NPY + JSON, a few hundred KB)."
-        folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-        self.train.to_csv(folder/'train.csv', index=False); self.snaps.to_csv(folder/'snapshots.csv', index=False)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.train.to_csv(folder/'train.csv', index=False)
+        self.snaps.to_csv(folder/'snapshots.csv', index=False)
         self.heads.to_csv(folder/'heads.csv', index=False)
-        np.save(folder/'loss_by_pos.npy', self.loss_by_pos.astype(np.float32)); np.save(folder/'ptl.npy', self.ptl.astype(np.float32))
+        np.save(folder/'loss_by_pos.npy', self.loss_by_pos.astype(np.float32))
+        np.save(folder/'ptl.npy', self.ptl.astype(np.float32))
         (folder/'info.json').write_text(json.dumps({'name': self.name, 'n_layers': self.n_layers, **self.info}, indent=1))
 
     @classmethod
@@ -152,7 +155,8 @@ def plot_head_scores(scores: dict, title: str|None=None, annot: bool=True):
     fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 0.6 + 0.55 * max(np.shape(v)[0] for v in scores.values())),
                              squeeze=False, constrained_layout=True)
     for ax, (name, v) in zip(axes[0], scores.items()):
-        v = np.asarray(v, dtype=float); cmap, lo, hi = _CMAPS.get(name.split('/')[-1], ('viridis', np.nanmin(v), np.nanmax(v)))
+        v = np.asarray(v, dtype=float)
+        cmap, lo, hi = _CMAPS.get(name.split('/')[-1], ('viridis', np.nanmin(v), np.nanmax(v)))
         im = ax.imshow(v, cmap=cmap, vmin=lo, vmax=hi, aspect='auto')
         ax.set(title=name.split('/')[-1].replace('_', ' '), xlabel='head', ylabel='layer',
                xticks=range(v.shape[1]), yticks=range(v.shape[0]))
@@ -165,7 +169,8 @@ def plot_head_scores(scores: dict, title: str|None=None, annot: bool=True):
 def plot_composition(comp, kind: str='K', title: str|None=None):
     "Heatmap of a `[layer2, head2, layer1, head1]` composition array: rows = later heads, columns = earlier heads."
     import matplotlib.pyplot as plt
-    comp = np.asarray(comp, dtype=float); L, H = comp.shape[:2]
+    comp = np.asarray(comp, dtype=float)
+    L, H = comp.shape[:2]
     mat = comp.reshape(L * H, L * H)
     rows, cols = ~np.isnan(mat).all(1), ~np.isnan(mat).all(0)
     labels = [f"{l}.{h}" for l in range(L) for h in range(H)]

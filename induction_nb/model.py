@@ -67,7 +67,8 @@ class ModelConfig:
 class HookPoint(nn.Module):
     "An identity layer whose activations hooks can read or replace; `name` is set by the model."
     def __init__(self):
-        super().__init__(); self.name = None
+        super().__init__()
+        self.name = None
     def add_hook(self, fn: Callable) -> torch.utils.hooks.RemovableHandle:
         "Register `fn(activation, hook)`; a non-None return value replaces the activation."
         return self.register_forward_hook(lambda mod, inp, out: fn(out, self))
@@ -79,7 +80,8 @@ class HookPoint(nn.Module):
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg; h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.cfg = cfg
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
         self.W_Q, self.W_K, self.W_V = (nn.Parameter(torch.empty(h, d, e)) for _ in range(3))
         self.W_O = nn.Parameter(torch.empty(h, e, d))
         if cfg.smeared_key: self.smear = nn.Parameter(torch.full((h,), float(cfg.smear_init)))  # α per head
@@ -94,7 +96,8 @@ class Attention(nn.Module):
 
     def forward(self, x, qk=None):                                    # x, qk: [batch, pos, d_model]
         "Attention reading values (and queries and keys) from `x`; with `qk` (Shortformer positions) queries and keys read `qk`."
-        cfg = self.cfg; b, p, _ = x.shape
+        cfg = self.cfg
+        b, p, _ = x.shape
         w_qkv = rearrange(torch.cat([self.W_Q, self.W_K, self.W_V]), 'h d e -> d (h e)')
         if qk is None: q, k, v = rearrange(x @ w_qkv, 'b p (three h e) -> three b p h e', three=3, h=cfg.n_heads)
         else:
@@ -150,7 +153,8 @@ class Block(nn.Module):
         if pos is None: return None
         return self.hook_qk_input(self.ln1.norm(resid + pos) if self.positional == 'shortformer' else x + pos)
     def forward(self, resid, pos=None):
-        resid = self.hook_resid_pre(resid); x = self.ln1(resid)
+        resid = self.hook_resid_pre(resid)
+        x = self.ln1(resid)
         resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(x, self.qk_input(resid, x, pos))))
         if hasattr(self, 'mlp'): resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)

@@ -27,7 +27,8 @@ __all__ = ['SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative',
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
     "Gaussian-kernel smoothing of `y` against `ln(tokens)` (tokens must be > 0)."
-    x = np.log(np.asarray(tokens, dtype=float)); y = np.asarray(y, dtype=float)
+    x = np.log(np.asarray(tokens, dtype=float))
+    y = np.asarray(y, dtype=float)
     w = np.exp(-0.5 * ((x[:, None] - x[None, :]) / sigma) ** 2)
     return (w @ y) / w.sum(1)
 
@@ -49,7 +50,8 @@ class PhaseWindow:
 def icl_derivative(tokens, icl, sigma: float=0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "`(tokens, smoothed ICL, d smoothed ICL / d ln tokens)` over the snapshots with tokens > 0."
     t, y = np.asarray(tokens, dtype=float), np.asarray(icl, dtype=float)
-    keep = t > 0; t, y = t[keep], y[keep]
+    keep = t > 0
+    t, y = t[keep], y[keep]
     ys = smooth_log(t, y, sigma)
     return t, ys, np.gradient(ys, np.log(t))
 
@@ -114,7 +116,8 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
         axs[1].plot(t.snaps.tokens, t.snaps.icl, color=c, lw=1.2, marker='.', ms=3)
         axs[2].plot(t.snaps.tokens, t.snaps.prefix_max, color=c, lw=1.2)
         if baseline is not None and t is not baseline:
-            bx, by = smoothed_train_loss(baseline); x, y = smoothed_train_loss(t)
+            bx, by = smoothed_train_loss(baseline)
+            x, y = smoothed_train_loss(t)
             ok = (x <= bx.max()).values                                  # no extrapolation past the baseline's end
             axs[3].plot(x[ok], y.values[ok] - np.interp(x[ok], bx, by.values), color=c, lw=1.2)
     for g in seed_groups(tables):
@@ -124,11 +127,15 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
             ys = np.stack([t.snaps[col].to_numpy() for t in g])
             ax.fill_between(x, ys.min(0), ys.max(0), color=c, alpha=0.18, lw=0,
                             label=f'range over {len(g)} seeds' if ax is axs[1] else None)
-    axs[0].set_ylabel('train loss (nats)'); axs[0].set_ylim(top=min(4, axs[0].get_ylim()[1]))
-    axs[1].set_ylabel('ICL score (nats)'); axs[1].axhline(0, color='k', lw=0.5)
-    axs[2].set_ylabel('best prefix-\nmatching score'); axs[2].set_ylim(0, 1)
+    axs[0].set_ylabel('train loss (nats)')
+    axs[0].set_ylim(top=min(4, axs[0].get_ylim()[1]))
+    axs[1].set_ylabel('ICL score (nats)')
+    axs[1].axhline(0, color='k', lw=0.5)
+    axs[2].set_ylabel('best prefix-\nmatching score')
+    axs[2].set_ylim(0, 1)
     if baseline is not None:
-        axs[3].set_ylabel(f'loss − {baseline.name}'); axs[3].axhline(0, color='k', lw=0.5)
+        axs[3].set_ylabel(f'loss − {baseline.name}')
+        axs[3].axhline(0, color='k', lw=0.5)
         axs[3].set_ylim(max(-1, axs[3].get_ylim()[0]), 0.3)
     for k, ax in enumerate(axs): shade(ax, window); tokens_axis(ax, xlabel=ax is axs[-1])
     if window is not None: axs[0].axvspan(0, 0, label=f"phase-change window{' of ' + window_of if window_of else ''}", **WINDOW_STYLE)
@@ -145,13 +152,16 @@ def fig_window(t: RunTables, window: PhaseWindow):
     x, ys, d = icl_derivative(t.snaps.tokens, t.snaps.icl, window.sigma)
     fig, (a, b) = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True)
     a.plot(t.snaps.tokens, t.snaps.icl, '.', color='0.5', label='ICL score per snapshot')
-    a.plot(x, ys, color='C0', label=f'smoothed (σ = {window.sigma} in ln tokens)'); a.set_ylabel('ICL score (nats)')
+    a.plot(x, ys, color='C0', label=f'smoothed (σ = {window.sigma} in ln tokens)')
+    a.set_ylabel('ICL score (nats)')
     b.plot(x, d, color='C3'); b.axhline(window.frac * window.slope, color='C3', ls=':', lw=1,
                                         label=f'{window.frac:.0%} of the steepest fall')
-    b.set_ylabel('d ICL / d ln(tokens)'); b.axhline(0, color='k', lw=0.5)
+    b.set_ylabel('d ICL / d ln(tokens)')
+    b.axhline(0, color='k', lw=0.5)
     for ax in (a, b): shade(ax, window, label=ax is a); tokens_axis(ax, xlabel=ax is b); ax.legend(fontsize=8)
     a.set_title(f'{t.name}: the phase-change window, selected from the derivative of the ICL score', fontsize=10)
-    fig.tight_layout(); return fig
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/04_phase_change.ipynb #f6bebe49
 def fig_heads(tables: list[RunTables], window: PhaseWindow|None=None, score: str='prefix'):
@@ -160,10 +170,15 @@ def fig_heads(tables: list[RunTables], window: PhaseWindow|None=None, score: str
     for ax, t in zip(axs[0], tables):
         for (l, h), g in t.heads.groupby(['layer', 'head']):
             ax.plot(g.tokens, g[score], color=f'C{int(l)}', lw=1.3, label=f'layer {int(l)}' if h == 0 else None)
-        shade(ax, window); tokens_axis(ax); ax.set_title(t.name, fontsize=10); ax.legend(fontsize=8)
+        shade(ax, window)
+        tokens_axis(ax)
+        ax.set_title(t.name, fontsize=10)
+        ax.legend(fontsize=8)
         ax.set_xlim(left=max(t.snaps.tokens[t.snaps.tokens > 0].min(), 2e5))
-    axs[0][0].set_ylabel(f'{score} score per head'); axs[0][0].set_ylim(0, 1)
-    fig.tight_layout(); return fig
+    axs[0][0].set_ylabel(f'{score} score per head')
+    axs[0][0].set_ylim(0, 1)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/04_phase_change.ipynb #2dae90b4
 def fig_loss_by_index(t: RunTables, window: PhaseWindow|None=None, n_bins: int=8):
@@ -174,10 +189,15 @@ def fig_loss_by_index(t: RunTables, window: PhaseWindow|None=None, n_bins: int=8
     for c, b in zip(plt.cm.viridis(np.linspace(0, 0.9, len(bins))), bins):
         ax.plot(t.snaps.tokens, t.loss_by_pos[:, b].mean(1), color=c,
                 label=f'token {b[0]}' if len(b) == 1 else f'tokens {b[0]}–{b[-1]}')
-    shade(ax, window, label=True); tokens_axis(ax); ax.set_ylabel('loss (nats)')
-    ax.set_xlim(left=max(t.snaps.tokens[t.snaps.tokens > 0].min(), 2e5)); ax.set_ylim(top=min(4, ax.get_ylim()[1]))
-    ax.legend(fontsize=8, ncol=3); ax.set_title(f'{t.name}: loss at different token indices', fontsize=10)
-    fig.tight_layout(); return fig
+    shade(ax, window, label=True)
+    tokens_axis(ax)
+    ax.set_ylabel('loss (nats)')
+    ax.set_xlim(left=max(t.snaps.tokens[t.snaps.tokens > 0].min(), 2e5))
+    ax.set_ylim(top=min(4, ax.get_ylim()[1]))
+    ax.legend(fontsize=8, ncol=3)
+    ax.set_title(f'{t.name}: loss at different token indices', fontsize=10)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/04_phase_change.ipynb #54769522
 def log_bins(n_pos: int, n_bins: int=8) -> list[np.ndarray]:
@@ -208,17 +228,22 @@ def fig_loss_heatmaps(tables: list[RunTables], window: PhaseWindow|None=None, vm
         for i, (x, z, kw, lab) in enumerate(panels):
             ax = axs[i][j]
             m = ax.pcolormesh(x, tok, z, shading='nearest', rasterized=True, **kw)
-            ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlabel('token index'); fig.colorbar(m, ax=ax, label=lab)
+            ax.set_xscale('log')
+            ax.set_yscale('log')
+            ax.set_xlabel('token index')
+            fig.colorbar(m, ax=ax, label=lab)
             if window is not None:
                 for y in (window.start, window.end): ax.axhline(y, color='tab:orange', lw=1.2, ls='--')
             if j == 0: ax.set_ylabel('tokens seen (snapshot)')
             if i == 0: ax.set_title(t.name, fontsize=10)
-    fig.tight_layout(); return fig
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/04_phase_change.ipynb #486ed20c
 def _after_warmup(t: RunTables) -> float:
     "Tokens seen at the end of the learning-rate warm-up."
-    c = t.info['config']; return c['train']['warmup_steps'] * c['train']['batch_size'] * c['model']['n_ctx']
+    c = t.info['config']
+    return c['train']['warmup_steps'] * c['train']['batch_size'] * c['model']['n_ctx']
 
 def pca_trajectories(tables: list[RunTables], n_components: int=2, min_tokens: float|None=None):
     """Fit one PCA on the snapshots of every run with at least `min_tokens` tokens seen (default: after the warm-up);
@@ -243,10 +268,14 @@ def fig_pca(tables: list[RunTables], windows: dict|PhaseWindow|None=None, min_to
         inw = w.contains(t.snaps.tokens.values[keep[t.name]]) if w is not None else np.zeros(len(z), bool)
         ax.scatter(z[~inw, 0], z[~inw, 1], s=8, color=c)
         ax.scatter(z[inw, 0], z[inw, 1], s=40, color=c, edgecolor='tab:orange', lw=1.5, zorder=3)
-        ax.annotate('start', z[0], fontsize=7, color=c); ax.annotate('end', z[-1], fontsize=7, color=c)
-    ax.set_xlabel(f'PC 1 ({evr[0]:.0%} of variance)'); ax.set_ylabel(f'PC 2 ({evr[1]:.0%})')
-    ax.legend(fontsize=8); ax.set_title('per-token-loss PCA after warm-up (orange rings: inside the window)', fontsize=10)
-    fig.tight_layout(); return fig
+        ax.annotate('start', z[0], fontsize=7, color=c)
+        ax.annotate('end', z[-1], fontsize=7, color=c)
+    ax.set_xlabel(f'PC 1 ({evr[0]:.0%} of variance)')
+    ax.set_ylabel(f'PC 2 ({evr[1]:.0%})')
+    ax.legend(fontsize=8)
+    ax.set_title('per-token-loss PCA after warm-up (orange rings: inside the window)', fontsize=10)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/04_phase_change.ipynb #25670838
 def _first_cross(tokens, y, level):
@@ -473,12 +502,16 @@ def fig_settings(settings: dict[str, list[RunTables]]):
     for k, (name, ts) in enumerate(settings.items()):
         for j, t in enumerate(ts):
             kw = dict(color=f'C{k}', lw=1.2, ls='-' if t.n_layers >= 2 else '--', label=name if j == 0 else None)
-            axs[0].plot(t.snaps.tokens, t.snaps.prefix_max, **kw); axs[1].plot(t.snaps.tokens, t.snaps.icl, **kw)
-    axs[0].set(ylabel='best prefix-matching score', ylim=(0, 1)); axs[1].set(ylabel='ICL score (nats)')
+            axs[0].plot(t.snaps.tokens, t.snaps.prefix_max, **kw)
+            axs[1].plot(t.snaps.tokens, t.snaps.icl, **kw)
+    axs[0].set(ylabel='best prefix-matching score', ylim=(0, 1))
+    axs[1].set(ylabel='ICL score (nats)')
     axs[1].set_title('loss(500) − loss(50); at context 256, loss(250) − loss(25)', fontsize=9)
     axs[1].axhline(0, color='k', lw=0.5)
     for ax in axs: tokens_axis(ax); ax.set_xlim(left=2e5)
-    axs[0].legend(fontsize=8); fig.tight_layout(); return fig
+    axs[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/04_phase_change.ipynb #3d385052
 SETTINGS = {'paper': ('stdlib-2l', 'stdlib-1l', ''),                       # context 512, Shortformer positions
@@ -490,7 +523,8 @@ def phase_change_runs(seeds=(0,), seeds_1l=(0,), setting: str='paper') -> dict[s
     `seeds_1l`. `setting`: 'paper' (context 512, Shortformer positions: the default presets), 'ctx512-resid' or 'ctx256'
     (positions in the residual stream, the earlier defaults)."""
     if setting not in SETTINGS: raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {setting!r}")
-    p2, p1, sfx = SETTINGS[setting]; tag = 'test-' if in_test() else ''
+    p2, p1, sfx = SETTINGS[setting]
+    tag = 'test-' if in_test() else ''
     runs = {f'2L seed {s}{sfx}': (f'{tag}{p2}-s{s}', preset_for_env(p2, train=dict(seed=s))) for s in seeds}
     runs.update({f'1L seed {s}{sfx}': (f'{tag}{p1}-s{s}', preset_for_env(p1, train=dict(seed=s))) for s in seeds_1l})
     return runs
@@ -505,7 +539,8 @@ FIGURES = {'fig2_overview': 'training loss, ICL score and prefix matching togeth
 
 def draw_figures(tables: list[RunTables], folder=None) -> dict:
     "Every figure of the chapter from the tables (window from the first multi-layer run); saved as PNG if `folder`."
-    multi = [t for t in tables if t.n_layers >= 2]; one = [t for t in tables if t.n_layers == 1]
+    multi = [t for t in tables if t.n_layers >= 2]
+    one = [t for t in tables if t.n_layers == 1]
     windows = {t.name: t.window() for t in multi}
     w = windows[multi[0].name] if multi else None
     figs = {'fig2_overview': fig_overview(tables, w, baseline=one[0] if one else None, window_of=multi[0].name if multi else None),
@@ -515,7 +550,8 @@ def draw_figures(tables: list[RunTables], folder=None) -> dict:
             'heatmaps': fig_loss_heatmaps(multi[:1] + one[:1], w),
             'pca': fig_pca(tables, windows)}
     if folder is not None:
-        folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         for k, f in figs.items():
             if f is not None: f.savefig(folder/f'{k}.png', dpi=110)
     return figs
@@ -524,7 +560,8 @@ def draw_figures(tables: list[RunTables], folder=None) -> dict:
 def phase_change(out='runs', seeds=(0,), seeds_1l=(0,), setting: str='paper', n_threads: int|None=None,
                  progress: bool=True, figures: bool=True) -> tuple[list[RunTables], pd.DataFrame]:
     "Train (or reuse) the runs of `phase_change_runs` under `out`, measure them, save tables and figures; returns `(tables, summary)`."
-    out = Path(out); tables, timings = [], {}
+    out = Path(out)
+    tables, timings = [], {}
     sfx = '' if setting == 'paper' else f'-{setting}'
     for name, (dirname, cfg) in phase_change_runs(seeds, seeds_1l, setting).items():
         t0 = time.perf_counter()
@@ -533,11 +570,13 @@ def phase_change(out='runs', seeds=(0,), seeds_1l=(0,), setting: str='paper', n_
         t = run_tables(run, name, progress=progress)
         timings[name] = dict(train_s=round(t1 - t0, 1), measure_s=round(time.perf_counter() - t1, 1))
         t.info['timings'] = timings[name]
-        t.save(out/'tables'/dirname); tables.append(t)
+        t.save(out/'tables'/dirname)
+        tables.append(t)
     summary = summary_table(tables)
     summary.to_csv(out/f'summary{sfx}.csv')
     if figures:
-        draw_figures(tables, out/f'figures{sfx}'); plt.close('all')
+        draw_figures(tables, out/f'figures{sfx}')
+        plt.close('all')
     return tables, summary
 
 # %% ../nbs/04_phase_change.ipynb #20efae8f

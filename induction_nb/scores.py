@@ -96,7 +96,8 @@ def token_pool(corpus, min_count: int=1000, drop: int|tuple[int, int]=10, min_si
     if isinstance(corpus, RepeatedTokens): return np.asarray(corpus.pool)
     n_most, n_least = (drop, drop) if isinstance(drop, int) else drop
     counts = token_counts(corpus)
-    ok = np.nonzero(counts >= min_count)[0]; ok = ok[ok != BOS]
+    ok = np.nonzero(counts >= min_count)[0]
+    ok = ok[ok != BOS]
     ok = ok[np.argsort(-counts[ok], kind='stable')]                    # most frequent first
     pool = np.sort(ok[n_most:len(ok) - n_least])
     if len(pool) < max(1, min_size):
@@ -221,7 +222,8 @@ def ov_eigen_copying(model: Transformer, pool=None) -> torch.Tensor:
     d = model.cfg.d_model
     W_E, W_U = model.W_E, model.W_U
     if pool is not None:
-        pool = torch.as_tensor(np.asarray(pool), dtype=torch.long); W_E, W_U = W_E[pool], W_U[:, pool]
+        pool = torch.as_tensor(np.asarray(pool), dtype=torch.long)
+        W_E, W_U = W_E[pool], W_U[:, pool]
     UE = (_ln_fold(model.ln_final, d) @ W_U @ W_E).double()                      # [d_model, d_model]
     out = []
     for blk in model.blocks:
@@ -236,7 +238,8 @@ def _qk_ov(model: Transformer) -> tuple[torch.Tensor, torch.Tensor]:
     "`(W_QK, W_OV)`, each `[layer, head, d_model, d_model]`, with each layer's input LayerNorm folded in (scale ignored)."
     d, qk, ov = model.cfg.d_model, [], []
     for blk in model.blocks:
-        f = _ln_fold(blk.ln1, d); a = blk.attn
+        f = _ln_fold(blk.ln1, d)
+        a = blk.attn
         qk.append((f @ a.W_Q) @ (f @ a.W_K).transpose(-1, -2))
         ov.append((f @ a.W_V) @ a.W_O)
     return torch.stack(qk).detach(), torch.stack(ov).detach()
@@ -268,7 +271,8 @@ def classify_heads(prefix, prev, copying=None, prefix_min: float=0.3, prev_min: 
     rows = []
     for l in range(prefix.shape[0]):
         for h in range(prefix.shape[1]):
-            p, q = float(prefix[l, h]), float(prev[l, h]); c = None if copy is None else float(copy[l, h])
+            p, q = float(prefix[l, h]), float(prev[l, h])
+            c = None if copy is None else float(copy[l, h])
             kind = ('induction' if p >= prefix_min and (c is None or c >= copying_min) else
                     'previous-token' if q >= prev_min else 'other')
             rows.append(dict(layer=l, head=h, prefix_matching=p, previous_token=q, copying=c, kind=kind))

@@ -396,7 +396,8 @@ def _load_state(path, model, opt) -> dict:
     state = {}
     for k, v in tensors.items():
         if k.startswith('opt.'):
-            _, i, name = k.split('.', 2); state.setdefault(int(i), {})[name] = v
+            _, i, name = k.split('.', 2)
+            state.setdefault(int(i), {})[name] = v
     sd['state'] = state
     opt.load_state_dict(sd)
     return meta
@@ -700,7 +701,9 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
             if (step + 1) % tc.log_every == 0:
                 l = sum(losses) / len(losses)
                 if world > 1:
-                    t = torch.tensor([l]); torch.distributed.all_reduce(t); l = t.item() / world
+                    t = torch.tensor([l])
+                    torch.distributed.all_reduce(t)
+                    l = t.item() / world
                 dt = time.perf_counter() - t0
                 emit({'step': step + 1, 'tokens': (step + 1) * tokens_per_step, 'train_loss': l, 'lr': lr_at(tc, step),
                       'tok_per_s': len(losses) * tokens_per_step / dt})
@@ -718,7 +721,9 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
         if log: log.close()
         if old_handler is not None: signal.signal(signal.SIGINT, old_handler)
     if world > 1:   # let go of DDP's hold on the process group while every rank is still alive, then meet
-        del ddp; gc.collect(); torch.distributed.barrier()
+        del ddp
+        gc.collect()
+        torch.distributed.barrier()
     return Run(run_dir)
 
 def _load_state_step(path) -> int|None:
