@@ -8,6 +8,7 @@ import argparse, os, sys, textwrap
 from typing import Callable
 from .train import PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged
 from .phase import phase_setup, phase_change_cmd
+from .zoo import zoo_setup, zoo_cmd
 
 # %% auto #0
 __all__ = ['presets_table', 'presets_cmd', 'train_cmd', 'commands', 'build_parser', 'main']
@@ -117,6 +118,11 @@ def commands() -> dict[str, dict]:
                                          "Python standard library's source, measure every snapshot, and write the "
                                          "phase-change figures (Fig 2-5, heatmaps, PCA) and the headline numbers. No "
                                          "internet needed."),
+        'zoo': dict(help="Train (or reuse) the model zoo of the argument chapters, measure it and print its tables.",
+                    setup=zoo_setup, fn=zoo_cmd,
+                    description="Train the zoo (attention-only and MLP models of 1-3 layers, smeared-key models of 1 and 2 "
+                                "layers) on the embedded corpus, resuming or reusing what is there, measure every snapshot, "
+                                "save the tables and print the co-occurrence table of argument 1."),
         'site': (dict(help="Build the documentation website offline (no Quarto, no network).", setup=site[0], fn=site[1])
                  if isinstance(site, tuple) else dict(missing=site))}
 

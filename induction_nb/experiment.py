@@ -25,7 +25,7 @@ class RunTables:
     "Everything the figures of every chapter read from one run."
     name: str
     n_layers: int
-    train: pd.DataFrame          # step, tokens, train_loss
+    train: pd.DataFrame          # step, tokens, train_loss (and tok_per_s: training speed of that process)
     snaps: pd.DataFrame          # step, tokens, val_loss, icl, icl_lo, icl_hi, prefix_max, prev_max
     heads: pd.DataFrame          # step, tokens, layer, head, prefix, prev
     loss_by_pos: np.ndarray      # [snapshot, token index]
@@ -75,7 +75,7 @@ def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_icl_fin
     n_icl_final = n_icl if in_test() else n_icl_final        # the synthetic task's ICL score means nothing
     fin = sweep(run, measures='icl', steps=run.steps[-1:], progress=False, n_icl=n_icl_final).set_index('measure').value
     m = run.metrics()
-    train_log = m.dropna(subset=['train_loss'])[['step', 'tokens', 'train_loss']].reset_index(drop=True)
+    train_log = m.dropna(subset=['train_loss']).reindex(columns=['step', 'tokens', 'train_loss', 'tok_per_s']).reset_index(drop=True)
     heads = (df[df.measure.isin(['prefix_matching', 'previous_token'])]
              .pivot_table(index=['step', 'tokens', 'layer', 'head'], columns='measure', values='value').reset_index()
              .rename(columns={'prefix_matching': 'prefix', 'previous_token': 'prev'}))
