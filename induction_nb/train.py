@@ -118,7 +118,7 @@ PRESETS: dict[str, RunConfig] = {
     'stdlib-3l':          RunConfig(ModelConfig(n_layers=3, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
     'stdlib-1l-mlp':      RunConfig(ModelConfig(n_layers=1, attn_only=False, **_PAPER), TrainConfig(steps=1000, snapshots_log=20, snapshots_lin=20)),
     'stdlib-2l-mlp':      RunConfig(ModelConfig(n_layers=2, attn_only=False, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
-    'stdlib-3l-mlp':      RunConfig(ModelConfig(n_layers=3, attn_only=False, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
+    'stdlib-3l-mlp':      RunConfig(ModelConfig(n_layers=3, attn_only=False, **_PAPER), TrainConfig(steps=2000, **_SNAPS)),  # the zoo's budget (bench/bench_zoo.py)
     'stdlib-1l-smeared':  RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_PAPER), TrainConfig(steps=1000, **_SNAPS)),
     'stdlib-2l-smeared':  RunConfig(ModelConfig(n_layers=2, smeared_key=True, **_PAPER), TrainConfig(steps=1000, **_SNAPS)),
     # positions in the residual stream (the earlier defaults; their results are committed under these names)
