@@ -32,8 +32,9 @@ ZOO: dict[str, tuple[str, tuple[int, ...]]] = {     # name: (preset, seeds)
 }
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #90a40515
-def zoo_runs(names=None) -> dict[str, tuple[str, RunConfig]]:
-    """`{display name: (run directory name, config)}` for the zoo models `names` (default: all), one entry per seed.
+def zoo_runs(names=None, seeds=None) -> dict[str, tuple[str, RunConfig]]:
+    """`{display name: (run directory name, config)}` for the zoo models `names` (default: all), one entry per seed (those
+    in `seeds` only, if given).
     Directory names are `<preset>-s<seed>`, the phase-change chapter's, so its runs are reused where they exist.
     Under `nbdev_test` the presets become their synthetic stand-ins (`preset_for_env`)."""
     names = list(ZOO) if names is None else [names] if isinstance(names, str) else list(names)
@@ -41,7 +42,7 @@ def zoo_runs(names=None) -> dict[str, tuple[str, RunConfig]]:
     if bad: raise ValueError(f"Unknown zoo model(s) {bad}; choose from {list(ZOO)}")
     tag = 'test-' if in_test() else ''
     return {f"{n} s{s}": (f"{tag}{ZOO[n][0]}-s{s}", preset_for_env(ZOO[n][0], train=dict(seed=s)))
-            for n in names for s in ZOO[n][1]}
+            for n in names for s in ZOO[n][1] if seeds is None or s in seeds}
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #fe788679
 def run_status(run_dir, cfg: RunConfig) -> str:
@@ -53,12 +54,12 @@ def run_status(run_dir, cfg: RunConfig) -> str:
     return 'finished' if last >= cfg.train.steps else f'interrupted at step {last}'
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #a9c8ab26
-def train_zoo(out=None, names=None, n_threads: int|None=None, progress: bool=True) -> dict[str, Run]:
-    """Train the zoo models `names` (default: all) under `out` (default `runs_dir()`): what is missing is trained, what
+def train_zoo(out=None, names=None, seeds=None, n_threads: int|None=None, progress: bool=True) -> dict[str, Run]:
+    """Train the zoo models `names` (default: all; `seeds` to keep some seeds only) under `out` (default `runs_dir()`): what is missing is trained, what
     was interrupted resumed, what is finished reused. One line per model says which, and how long it took."""
     out = runs_dir() if out is None else Path(out)
     runs = {}
-    for name, (dirname, cfg) in zoo_runs(names).items():
+    for name, (dirname, cfg) in zoo_runs(names, seeds).items():
         status, t0 = run_status(out/dirname, cfg), time.perf_counter()
         runs[name] = train(cfg, out/dirname, progress=False, n_threads=n_threads)
         if progress:
