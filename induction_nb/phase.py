@@ -257,12 +257,14 @@ def pca_trajectories(tables: list[RunTables], n_components: int=2, min_tokens: f
     return {t.name: pca.transform(t.ptl[keep[t.name]]) for t in tables}, keep, pca.explained_variance_ratio_
 
 # %% ../nbs/04_phase_change.ipynb #3567727b
-def fig_pca(tables: list[RunTables], windows: dict|PhaseWindow|None=None, min_tokens: float|None=None):
-    "Trajectories in the top-2 PCA plane (snapshots after warm-up); snapshots inside each run's window drawn larger, ringed."
+def fig_pca(tables: list[RunTables], windows: dict|PhaseWindow|None=None, min_tokens: float|None=None,
+            colors: dict|None=None):
+    """Trajectories in the top-2 PCA plane (snapshots after warm-up, or from `min_tokens`); snapshots inside each run's
+    window drawn larger, ringed. `colors`: `{run name: colour}` (default: `run_color`)."""
     traj, keep, evr = pca_trajectories(tables, min_tokens=min_tokens)
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for i, t in enumerate(tables):
-        z, c = traj[t.name], run_color(t, i)
+        z, c = traj[t.name], (colors or {}).get(t.name, run_color(t, i))
         ax.plot(z[:, 0], z[:, 1], '-', color=c, lw=1, label=t.name)
         w = windows.get(t.name) if isinstance(windows, dict) else windows
         inw = w.contains(t.snaps.tokens.values[keep[t.name]]) if w is not None else np.zeros(len(z), bool)
@@ -273,7 +275,8 @@ def fig_pca(tables: list[RunTables], windows: dict|PhaseWindow|None=None, min_to
     ax.set_xlabel(f'PC 1 ({evr[0]:.0%} of variance)')
     ax.set_ylabel(f'PC 2 ({evr[1]:.0%})')
     ax.legend(fontsize=8)
-    ax.set_title('per-token-loss PCA after warm-up (orange rings: inside the window)', fontsize=10)
+    fit = 'after warm-up' if min_tokens is None else 'on every snapshot' if not min_tokens else f'from {min_tokens:,.0f} tokens'
+    ax.set_title(f'per-token-loss PCA {fit} (orange rings: inside the window)', fontsize=10)
     fig.tight_layout()
     return fig
 

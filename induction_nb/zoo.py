@@ -13,11 +13,11 @@ from .model import ModelConfig, Transformer
 from .train import RunConfig, Run, train, load_run, preset_for_env, in_test
 from .experiment import (RunTables, run_tables, load_or_compute, runs_dir, shade, tokens_axis, run_color,
                                      smoothed_train_loss)
-from .phase import PhaseWindow, phase_window, summarize, fig_pca, pca_speed
+from .phase import PhaseWindow, phase_window, summarize, fig_pca, pca_speed, pca_trajectories
 
 # %% auto #0
 __all__ = ['ZOO', 'zoo_runs', 'run_status', 'train_zoo', 'zoo_table', 'zoo_setup', 'zoo_cmd', 'head_window', 'log_overlap',
-           'fig_zoo', 'cooccurrence_table']
+           'fig_zoo', 'zoo_colors', 'cooccurrence_table', 'cooccurrence_text']
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #92e758cd
 ZOO: dict[str, tuple[str, tuple[int, ...]]] = {     # name: (preset, seeds)
@@ -144,6 +144,16 @@ def fig_zoo(tables: list[RunTables]):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/05_arg1_cooccurrence.ipynb #f886f857
+def zoo_colors(tables: list[RunTables]) -> dict[str, str]:
+    "One colour per zoo model (seeds share it): attention-only blues, MLP greens, smeared reds; darker = more layers."
+    cmap = {'attn': plt.cm.Blues, 'mlp': plt.cm.Greens, 'smeared': plt.cm.Reds}
+    out = {}
+    for t in tables:
+        kind = t.name.split('-')[0]
+        out[t.name] = cmap.get(kind, plt.cm.Greys)(0.35 + 0.2 * t.n_layers)
+    return out
+
 # %% ../nbs/05_arg1_cooccurrence.ipynb #09985608
 def cooccurrence_table(tables: list[RunTables]) -> pd.DataFrame:
     """Argument 1 as numbers, one row per run: its ICL window, ICL before it and at the end (95% intervals), the share of
@@ -166,3 +176,27 @@ def cooccurrence_table(tables: list[RunTables]) -> pd.DataFrame:
                         'induction_phase_change': bool(hw is not None and s['final_prefix'] >= 0.4 and w is not None
                                                        and w.start <= s['tokens_prefix_0.4'] <= w.end)}
     return pd.DataFrame(rows).T
+
+# %% ../nbs/05_arg1_cooccurrence.ipynb #41900917
+def cooccurrence_text(co: pd.DataFrame) -> str:
+    "Argument 1 in sentences, from `cooccurrence_table`: the multi-layer runs' overlaps and the 1-layer runs' absence of both."
+    plain = co[~co.smeared.astype(bool)]
+    multi, single = plain[plain.layers > 1], plain[plain.layers == 1]
+    lines = []
+    for name, r in multi.iterrows():
+        if np.isnan(r.window_start): lines.append(f"- **{name}**: no ICL window found.")
+        elif np.isnan(r.head_start): lines.append(f"- **{name}**: ICL window {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens, "
+                                                  "but no head rises to prefix matching 0.2.")
+        else: lines.append(
+            f"- **{name}**: ICL window {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens; the best head forms over "
+            f"{r.head_start/1e6:.1f}M–{r.head_end/1e6:.1f}M, {r.head_in_icl_window:.0%} of it (in ln tokens) inside the ICL window; "
+            f"{r.frac_in_window:.0%} of the final ICL ({r.final_icl:+.3f} nats) forms in the window; best prefix matching "
+            f"{r.final_prefix:.2f} at the end.")
+    for name, r in single.iterrows():
+        lines.append(f"- **{name}** (one layer): best prefix matching {r.final_prefix:.2f} at the end, final ICL {r.final_icl:+.3f} nats"
+                     f" [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}]; no head window.")
+    n_ok = int(multi.induction_phase_change.astype(bool).sum())
+    lines.append(f"\n{n_ok} of {len(multi)} multi-layer runs have an induction-head phase change (a head reaching prefix "
+                 f"matching 0.4 inside the ICL window); {int((single.final_prefix < 0.2).sum())} of {len(single)} one-layer runs "
+                 "end with no head above 0.2.")
+    return '\n'.join(lines)
