@@ -18,7 +18,8 @@ from .phase import summarize
 from .zoo import train_zoo
 
 # %% auto #0
-__all__ = ['smear_sigma', 'smear_table', 'load_or_compute_smear', 'fig_plain_vs_smeared', 'window_shift', 'fig_smear']
+__all__ = ['smear_sigma', 'smear_table', 'load_or_compute_smear', 'fig_plain_vs_smeared', 'window_shift', 'shift_text',
+           'fig_smear', 'smear_text']
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #c74836e5
 def smear_sigma(model: Transformer, inputs=None) -> torch.Tensor:
@@ -86,6 +87,31 @@ def window_shift(plain: list[RunTables], smeared: list[RunTables]) -> pd.DataFra
                                 final_prefix=s['final_prefix'], final_icl=s['final_icl'])
     return pd.DataFrame(rows).T
 
+# %% ../nbs/06_arg2_smeared_keys.ipynb #d04ec9ed
+def _ms(v, fmt='{:.2f}', scale=1.0) -> str:
+    "Mean ± sd (or the single value) of `v`, scaled and formatted."
+    v = np.asarray(v, dtype=float) * scale
+    v = v[~np.isnan(v)]
+    if not len(v): return 'n/a'
+    return fmt.format(v.mean()) + (f" ± {fmt.format(v.std(ddof=1))}" if len(v) > 1 else '')
+
+def shift_text(shift: pd.DataFrame) -> str:
+    "Argument 2 in sentences, from `window_shift`: 1 layer plain vs smeared, and how far the 2-layer window moves."
+    g = lambda layers, group: shift[(shift.layers == layers) & (shift.group == group)]
+    p1, s1, p2, s2 = g(1, 'plain'), g(1, 'smeared'), g(2, 'plain'), g(2, 'smeared')
+    out = [f"- **One layer.** Plain ({len(p1)} seeds): best prefix matching {_ms(p1.final_prefix)} at the end, final ICL "
+           f"{_ms(p1.final_icl, '{:+.3f}')} nats. Smeared key ({len(s1)} seeds): best prefix matching {_ms(s1.final_prefix)}, final ICL "
+           f"{_ms(s1.final_icl, '{:+.3f}')} nats, with an ICL window starting at {_ms(s1.window_start, '{:.1f}', 1e-6)}M tokens "
+           f"and a head reaching 0.4 at {_ms(s1.tokens_prefix_04, '{:.1f}', 1e-6)}M."]
+    if len(p2) and len(s2):
+        d = s2.window_start.astype(float).mean() - p2.window_start.astype(float).mean()
+        out.append(f"- **Two layers.** The ICL window starts at {_ms(p2.window_start, '{:.1f}', 1e-6)}M tokens plain ({len(p2)} seeds) "
+                   f"and {_ms(s2.window_start, '{:.1f}', 1e-6)}M with the smeared key ({len(s2)} seeds): "
+                   f"{abs(d)/1e6:.1f}M tokens {'earlier' if d < 0 else 'later'} (a factor {p2.window_start.astype(float).mean() / s2.window_start.astype(float).mean():.1f}). "
+                   f"The best head reaches prefix matching 0.4 at {_ms(p2.tokens_prefix_04, '{:.1f}', 1e-6)}M plain and "
+                   f"{_ms(s2.tokens_prefix_04, '{:.1f}', 1e-6)}M smeared.")
+    return '\n'.join(out)
+
 # %% ../nbs/06_arg2_smeared_keys.ipynb #beb5d9e3
 def fig_smear(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables]):
     """One panel per smeared run: each head's σ(α) over training, coloured by layer; the head that ends with
@@ -107,3 +133,21 @@ def fig_smear(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables]):
     axs[0][0].set_ylabel('σ(α): 1 = ordinary key')
     fig.tight_layout()
     return fig
+
+# %% ../nbs/06_arg2_smeared_keys.ipynb #b2c742b9
+def smear_text(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables]) -> str:
+    "Per smeared run: which heads end with σ(α) < 0.5 (mostly the previous token's key), when they crossed it, and where the induction head is."
+    out = []
+    for k, df in smears.items():
+        t = tables[k]
+        last = t.heads[t.heads.step == t.heads.step.max()]
+        best = last.loc[last.prefix.idxmax()]
+        end = df[df.step == df.step.max()]
+        low = end[end.sigma < 0.5]
+        when = {(int(r.layer), int(r['head'])): float(df[(df.layer == r.layer) & (df['head'] == r['head']) & (df.sigma < 0.5)].tokens.min())
+                for _, r in low.iterrows()}
+        heads = ', '.join(f"{l}.{h} (σ = {float(end[(end.layer == l) & (end['head'] == h)].sigma.iloc[0]):.2f}, below 0.5 from "
+                          f"{tok/1e6:.1f}M tokens)" for (l, h), tok in when.items()) or 'none'
+        out.append(f"- **{k}**: heads ending with σ(α) < 0.5: {heads}. Best induction head: {int(best.layer)}.{int(best['head'])} "
+                   f"(prefix matching {best.prefix:.2f}, σ(α) {float(end[(end.layer == best.layer) & (end['head'] == best['head'])].sigma.iloc[0]):.2f}).")
+    return '\n'.join(out)
