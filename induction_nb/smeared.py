@@ -81,7 +81,7 @@ def window_shift(plain: list[RunTables], smeared: list[RunTables]) -> pd.DataFra
     rows = {}
     for group, ts in (('plain', plain), ('smeared', smeared)):
         for t in ts:
-            s = summarize(t)
+            s = summarize(t, t.window() if t.n_layers >= 2 or group == 'smeared' else None)   # a smeared 1-layer run has one
             rows[t.name] = dict(group=group, layers=t.n_layers, window_start=s.get('window_start', np.nan),
                                 window_end=s.get('window_end', np.nan), tokens_prefix_04=s['tokens_prefix_0.4'],
                                 final_prefix=s['final_prefix'], final_icl=s['final_icl'])
@@ -93,7 +93,7 @@ def _ms(v, fmt='{:.2f}', scale=1.0) -> str:
     v = np.asarray(v, dtype=float) * scale
     v = v[~np.isnan(v)]
     if not len(v): return 'n/a'
-    return fmt.format(v.mean()) + (f" ± {fmt.format(v.std(ddof=1))}" if len(v) > 1 else '')
+    return fmt.format(v.mean()) + (f" ± {fmt.format(v.std(ddof=1)).lstrip('+')}" if len(v) > 1 else '')
 
 def shift_text(shift: pd.DataFrame) -> str:
     "Argument 2 in sentences, from `window_shift`: 1 layer plain vs smeared, and how far the 2-layer window moves."
@@ -135,19 +135,23 @@ def fig_smear(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables]):
     return fig
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #b2c742b9
-def smear_text(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables]) -> str:
-    "Per smeared run: which heads end with σ(α) < 0.5 (mostly the previous token's key), when they crossed it, and where the induction head is."
+def smear_text(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables], level: float=0.4) -> str:
+    "Per smeared run: which heads end with σ(α) < `level` (their key mostly the previous token's), when they crossed it, and where the induction head is."
     out = []
     for k, df in smears.items():
         t = tables[k]
         last = t.heads[t.heads.step == t.heads.step.max()]
         best = last.loc[last.prefix.idxmax()]
         end = df[df.step == df.step.max()]
-        low = end[end.sigma < 0.5]
-        when = {(int(r.layer), int(r['head'])): float(df[(df.layer == r.layer) & (df['head'] == r['head']) & (df.sigma < 0.5)].tokens.min())
+        low = end[end.sigma < level]
+        when = {(int(r.layer), int(r['head'])): float(df[(df.layer == r.layer) & (df['head'] == r['head']) & (df.sigma < level)].tokens.min())
                 for _, r in low.iterrows()}
-        heads = ', '.join(f"{l}.{h} (σ = {float(end[(end.layer == l) & (end['head'] == h)].sigma.iloc[0]):.2f}, below 0.5 from "
+        heads = ', '.join(f"{l}.{h} (σ = {float(end[(end.layer == l) & (end['head'] == h)].sigma.iloc[0]):.2f}, below {level} from "
                           f"{tok/1e6:.1f}M tokens)" for (l, h), tok in when.items()) or 'none'
-        out.append(f"- **{k}**: heads ending with σ(α) < 0.5: {heads}. Best induction head: {int(best.layer)}.{int(best['head'])} "
+        out.append(f"- **{k}**: heads ending with σ(α) < {level}: {heads}. Best induction head: {int(best.layer)}.{int(best['head'])} "
                    f"(prefix matching {best.prefix:.2f}, σ(α) {float(end[(end.layer == best.layer) & (end['head'] == best['head'])].sigma.iloc[0]):.2f}).")
+    two = [k for k in smears if tables[k].n_layers == 2]
+    in0 = sum(int(tables[k].heads[tables[k].heads.step == tables[k].heads.step.max()].sort_values('prefix').iloc[-1].layer) == 0 for k in two)
+    if two: out.append(f"\nIn {in0} of {len(two)} two-layer smeared runs the best induction head is in layer 0: with the smeared key one "
+                       "layer is enough, and the model builds the head there.")
     return '\n'.join(out)

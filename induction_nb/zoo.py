@@ -17,7 +17,7 @@ from .phase import PhaseWindow, phase_window, summarize, fig_pca, pca_speed, pca
 
 # %% auto #0
 __all__ = ['ZOO', 'zoo_runs', 'run_status', 'train_zoo', 'zoo_table', 'zoo_setup', 'zoo_cmd', 'head_window', 'log_overlap',
-           'fig_zoo', 'zoo_colors', 'cooccurrence_table', 'cooccurrence_text']
+           'has_window', 'fig_zoo', 'zoo_colors', 'cooccurrence_table', 'cooccurrence_text']
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #92e758cd
 ZOO: dict[str, tuple[str, tuple[int, ...]]] = {     # name: (preset, seeds)
@@ -119,13 +119,17 @@ def log_overlap(a, b) -> float:
     lo, hi = max(a.start, b.start), min(a.end, b.end)
     return max(0.0, np.log(hi / lo)) / np.log(b.end / b.start) if hi > lo else 0.0
 
+def has_window(t: RunTables) -> bool:
+    "Whether to look for an ICL window: multi-layer runs and smeared-key runs (which can form induction heads in one layer)."
+    return t.n_layers >= 2 or bool(t.info['config']['model']['smeared_key'])
+
 # %% ../nbs/05_arg1_cooccurrence.ipynb #e6b23add
 def fig_zoo(tables: list[RunTables]):
     """Argument 1 as small multiples: one row per run; training loss, ICL score (95% band) and best prefix-matching score
-    on one log axis of tokens, with the run's ICL window shaded (multi-layer runs) and its head window hatched."""
+    on one log axis of tokens, with the run's ICL window shaded (`has_window`) and its head window hatched."""
     fig, axs = plt.subplots(len(tables), 3, figsize=(11, 1.55 * len(tables) + 0.6), sharex=True, squeeze=False)
     for row, t in zip(axs, tables):
-        w, hw = (t.window() if t.n_layers >= 2 else None), head_window(t)
+        w, hw = (t.window() if has_window(t) else None), head_window(t)
         row[0].plot(*smoothed_train_loss(t), color=run_color(t), lw=1)
         row[1].plot(t.snaps.tokens, t.snaps.icl, color=run_color(t), lw=1)
         row[1].fill_between(t.snaps.tokens, t.snaps.icl_lo, t.snaps.icl_hi, color=run_color(t), alpha=0.2, lw=0)
@@ -158,12 +162,11 @@ def zoo_colors(tables: list[RunTables]) -> dict[str, str]:
 def cooccurrence_table(tables: list[RunTables]) -> pd.DataFrame:
     """Argument 1 as numbers, one row per run: its ICL window, ICL before it and at the end (95% intervals), the share of
     the final ICL formed inside it, the window where the best head forms (`head_window`), how much of that lies inside
-    the ICL window, and whether the run has an induction-head phase change (a head reaching prefix matching 0.4)."""
+    the ICL window, and whether the run has an induction-head phase change (a head reaching prefix matching 0.4 in it)."""
     rows = {}
     for t in tables:
-        s = summarize(t, t.window() if t.n_layers >= 2 else None)
-        hw = head_window(t)
-        w = t.window() if t.n_layers >= 2 else None
+        w = t.window() if has_window(t) else None
+        s, hw = summarize(t, w), head_window(t)
         rows[t.name] = {'layers': t.n_layers, 'mlp': not t.info['config']['model']['attn_only'],
                         'smeared': t.info['config']['model']['smeared_key'],
                         'window_start': s.get('window_start', np.nan), 'window_end': s.get('window_end', np.nan),
