@@ -124,16 +124,18 @@ def has_window(t: RunTables) -> bool:
     return t.n_layers >= 2 or bool(t.info['config']['model']['smeared_key'])
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #e6b23add
-def fig_zoo(tables: list[RunTables]):
+def fig_zoo(tables: list[RunTables], colors: dict|None=None):
     """Argument 1 as small multiples: one row per run; training loss, ICL score (95% band) and best prefix-matching score
-    on one log axis of tokens, with the run's ICL window shaded (`has_window`) and its head window hatched."""
+    on one log axis of tokens, with the run's ICL window shaded (`has_window`) and its head window hatched.
+    `colors`: `{run name: colour}` (default: `run_color`)."""
     fig, axs = plt.subplots(len(tables), 3, figsize=(11, 1.55 * len(tables) + 0.6), sharex=True, squeeze=False)
     for row, t in zip(axs, tables):
         w, hw = (t.window() if has_window(t) else None), head_window(t)
-        row[0].plot(*smoothed_train_loss(t), color=run_color(t), lw=1)
-        row[1].plot(t.snaps.tokens, t.snaps.icl, color=run_color(t), lw=1)
-        row[1].fill_between(t.snaps.tokens, t.snaps.icl_lo, t.snaps.icl_hi, color=run_color(t), alpha=0.2, lw=0)
-        row[2].plot(t.snaps.tokens, t.snaps.prefix_max, color=run_color(t), lw=1)
+        c = (colors or {}).get(t.name, run_color(t))
+        row[0].plot(*smoothed_train_loss(t), color=c, lw=1)
+        row[1].plot(t.snaps.tokens, t.snaps.icl, color=c, lw=1)
+        row[1].fill_between(t.snaps.tokens, t.snaps.icl_lo, t.snaps.icl_hi, color=c, alpha=0.2, lw=0)
+        row[2].plot(t.snaps.tokens, t.snaps.prefix_max, color=c, lw=1)
         for ax in row:
             shade(ax, w)
             if hw is not None: ax.axvspan(hw.start, hw.end, fill=False, hatch='///', lw=0, edgecolor='tab:green', alpha=0.5)
