@@ -15,11 +15,11 @@ from .train import load_run, in_test
 from .sweep import add_measure, sweep
 from .experiment import RunTables, load_results, load_or_compute, shade, tokens_axis, run_color
 from .phase import summarize
-from .zoo import train_zoo
+from .zoo import train_zoo, has_window
 
 # %% auto #0
 __all__ = ['smear_sigma', 'smear_table', 'load_or_compute_smear', 'fig_plain_vs_smeared', 'window_shift', 'shift_text',
-           'fig_smear', 'smear_text']
+           'best_head', 'fig_smear', 'smear_text']
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #c74836e5
 def smear_sigma(model: Transformer, inputs=None) -> torch.Tensor:
@@ -61,7 +61,7 @@ def fig_plain_vs_smeared(plain: list[RunTables], smeared: list[RunTables], title
             kw = dict(color=c, lw=1.3, label=t.name)
             axs[0].plot(t.snaps.tokens, t.snaps.icl, **kw)
             axs[1].plot(t.snaps.tokens, t.snaps.prefix_max, **kw)
-            w = t.window() if t.n_layers >= 2 or group == 'smeared' else None
+            w = t.window() if has_window(t) else None
             if w is not None: axs[0].axvspan(w.start, w.end, color=c, alpha=0.08, lw=0)
     axs[0].set(ylabel='ICL score (nats)')
     axs[0].axhline(0, color='k', lw=0.5)
@@ -81,7 +81,7 @@ def window_shift(plain: list[RunTables], smeared: list[RunTables]) -> pd.DataFra
     rows = {}
     for group, ts in (('plain', plain), ('smeared', smeared)):
         for t in ts:
-            s = summarize(t, t.window() if t.n_layers >= 2 or group == 'smeared' else None)   # a smeared 1-layer run has one
+            s = summarize(t, t.window() if has_window(t) else None)
             rows[t.name] = dict(group=group, layers=t.n_layers, window_start=s.get('window_start', np.nan),
                                 window_end=s.get('window_end', np.nan), tokens_prefix_04=s['tokens_prefix_0.4'],
                                 final_prefix=s['final_prefix'], final_icl=s['final_icl'])
@@ -113,14 +113,18 @@ def shift_text(shift: pd.DataFrame) -> str:
     return '\n'.join(out)
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #beb5d9e3
+def best_head(t: RunTables) -> pd.Series:
+    "The head with the highest prefix-matching score at the run's last snapshot (a row of `t.heads`)."
+    last = t.heads[t.heads.step == t.heads.step.max()]
+    return last.loc[last.prefix.idxmax()]
+
 def fig_smear(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables]):
     """One panel per smeared run: each head's σ(α) over training, coloured by layer; the head that ends with
     the best prefix-matching score drawn thick. `tables` maps the same keys to the runs' `RunTables`."""
     fig, axs = plt.subplots(1, len(smears), figsize=(4.6 * len(smears), 3.1), sharey=True, squeeze=False)
     for ax, (k, df) in zip(axs[0], smears.items()):
         t = tables[k]
-        last = t.heads[t.heads.step == t.heads.step.max()]
-        best = last.loc[last.prefix.idxmax()]
+        best = best_head(t)
         for (l, h), g in df.groupby(['layer', 'head']):
             thick = (l, h) == (best.layer, best['head'])
             ax.plot(g.tokens, g.sigma, color=f'C{int(l)}', lw=2.4 if thick else 1,
@@ -140,8 +144,7 @@ def smear_text(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables], le
     out = []
     for k, df in smears.items():
         t = tables[k]
-        last = t.heads[t.heads.step == t.heads.step.max()]
-        best = last.loc[last.prefix.idxmax()]
+        best = best_head(t)
         end = df[df.step == df.step.max()]
         low = end[end.sigma < level]
         when = {(int(r.layer), int(r['head'])): float(df[(df.layer == r.layer) & (df['head'] == r['head']) & (df.sigma < level)].tokens.min())
@@ -151,7 +154,7 @@ def smear_text(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables], le
         out.append(f"- **{k}**: heads ending with σ(α) < {level}: {heads}. Best induction head: {int(best.layer)}.{int(best['head'])} "
                    f"(prefix matching {best.prefix:.2f}, σ(α) {float(end[(end.layer == best.layer) & (end['head'] == best['head'])].sigma.iloc[0]):.2f}).")
     two = [k for k in smears if tables[k].n_layers == 2]
-    in0 = sum(int(tables[k].heads[tables[k].heads.step == tables[k].heads.step.max()].sort_values('prefix').iloc[-1].layer) == 0 for k in two)
+    in0 = sum(int(best_head(tables[k]).layer) == 0 for k in two)
     if two: out.append(f"\nIn {in0} of {len(two)} two-layer smeared runs the best induction head is in layer 0: with the smeared key one "
                        "layer is enough, and the model builds the head there.")
     return '\n'.join(out)
