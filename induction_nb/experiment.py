@@ -16,8 +16,9 @@ from .scores import default_icl_indices, default_band
 from .sweep import sweep, loss_by_position_table, pca_loss_vectors
 
 # %% auto #0
-__all__ = ['TABLE_MEASURES', 'WINDOW_STYLE', 'RunTables', 'load_results', 'run_tables', 'runs_dir', 'load_or_compute', 'shade',
-           'tokens_axis', 'run_color', 'smoothed_train_loss', 'seed_groups', 'plot_head_scores', 'plot_composition']
+__all__ = ['TABLE_MEASURES', 'WINDOW_STYLE', 'RunTables', 'load_results', 'run_tables', 'runs_dir', 'load_or_compute',
+           'load_or_compute_each', 'shade', 'tokens_axis', 'run_color', 'smoothed_train_loss', 'seed_groups',
+           'plot_head_scores', 'plot_composition']
 
 # %% ../nbs/03c_experiment.ipynb #2b1723d5
 @dataclass
@@ -110,6 +111,22 @@ def load_or_compute(results_dir, compute: Callable[[Path], list[RunTables]]) -> 
     tables = compute(runs_dir())
     for t in tables: t.save(results_dir/Path(t.info['run_dir']).name)
     return tables
+
+# %% ../nbs/03c_experiment.ipynb #12c36ce0
+def load_or_compute_each(results_dir, tables: list[RunTables], compute: Callable, load: Callable, save: Callable,
+                         suffix: str='') -> dict:
+    """`{run name: result}` for each of `tables`: `load(path)` from `results_dir/<run directory name><suffix>`, or — when one
+    is missing, `INDUCTION_NB_RETRAIN=1` is set, or under `nbdev_test` — `compute(run, table)` from the run the table came
+    from (`info['run_dir']`), then `save(result, path)` (not under `nbdev_test`). For results a chapter adds to the tables."""
+    paths = {t.name: Path(results_dir)/f"{Path(t.info['run_dir']).name}{suffix}" for t in tables}
+    if not in_test() and not os.environ.get('INDUCTION_NB_RETRAIN') and all(p.exists() for p in paths.values()):
+        return {k: load(p) for k, p in paths.items()}
+    out = {t.name: compute(load_run(t.info['run_dir']), t) for t in tables}
+    if not in_test():
+        for k, r in out.items():
+            paths[k].parent.mkdir(parents=True, exist_ok=True)
+            save(r, paths[k])
+    return out
 
 # %% ../nbs/03c_experiment.ipynb #eda003fb
 WINDOW_STYLE = dict(color='tab:orange', alpha=0.15, lw=0)

