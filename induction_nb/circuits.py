@@ -23,7 +23,9 @@ from .zoo import train_zoo
 __all__ = ['PATHS', 'find_circuit', 'circuit_pool', 'eigen_ratio', 'ov_eigenvalues', 'qk_token_circuit', 'qk_trace',
            'weighted_qk', 'repeated_windows', 'corrupt_first_copy', 'path_patch', 'patch_metrics', 'path_patching',
            'patching_summary', 'attention_by_offset', 'circuit_over_training', 'mechanism_results',
-           'load_or_compute_mechanism', 'fig_composition', 'fig_composition_training']
+           'load_or_compute_mechanism', 'fig_composition', 'fig_composition_training', 'composition_text', 'fig_ov',
+           'ov_text', 'fig_qk', 'qk_text', 'fig_patching', 'patching_text', 'fig_patterns', 'patterns_text',
+           'fig_layer0', 'layer0_text', 'comparison_text']
 
 # %% ../nbs/09_arg5_mechanism.ipynb #006610ff
 def find_circuit(t: RunTables, prefix_min: float=0.3, prev_min: float=0.4) -> dict:
@@ -308,3 +310,271 @@ def fig_composition_training(training: pd.DataFrame, receiver: tuple[int, int], 
     axs[0].legend(fontsize=7, title='earlier head', title_fontsize=7)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/09_arg5_mechanism.ipynb #2bfb221d
+def _series(training: pd.DataFrame, measure: str, receiver, agg: str='mean') -> pd.Series:
+    "One measure of the receiver over training (value by tokens), aggregated over its earlier heads."
+    m = training[(training.measure == measure) & (training.layer == receiver[0]) & (training['head'] == receiver[1])]
+    return m.groupby('tokens').value.agg(agg)
+
+def _near(s: pd.Series, tokens: float) -> float:
+    "The value of `s` (indexed by tokens) at the snapshot nearest `tokens` in ln(tokens)."
+    idx = s.index.to_numpy(dtype=float)
+    return float(s.iloc[np.argmin(np.abs(np.log(np.maximum(idx, 1)) - np.log(tokens)))])
+
+def composition_text(circuit: dict, training: pd.DataFrame, receiver, window=None) -> str:
+    "The circuit and its composition scores in sentences: which heads, K vs Q vs V at the end and at initialisation, and the change inside `window`."
+    L, h = receiver
+    heads = circuit['heads']
+    r = heads[(heads.layer == L) & (heads['head'] == h)].iloc[0]
+    early = heads[heads.layer < L].sort_values('previous_token', ascending=False)
+    prev = (f"Previous-token heads (score ≥ 0.4): {', '.join(f'{l}.{s}' for l, s in circuit['previous'])}." if circuit['previous'] else
+            f"**No head of layer {L - 1} is a previous-token head** by the 0.4 threshold: their previous-token scores are "
+            + ', '.join(f"{int(x.layer)}.{int(x['head'])}: {x.previous_token:.2f}" for _, x in early.iterrows()) + ".")
+    ends = {k: _at(training, k) for k in 'KQV'}
+    mine = {k: m[(m.layer == L) & (m['head'] == h)].value for k, m in ends.items()}
+    init = {k: _at(training, k, 0).value.mean() for k in 'KQV'}
+    kq = pd.concat([m.assign(kind=k) for k, m in ends.items()])
+    means = kq.groupby(['kind', 'layer', 'head']).value.mean().drop(('K', L, h))
+    (ok, ol, oh), ov = means.idxmax(), means.max()
+    top = kq.sort_values('value', ascending=False).head(len(mine['K']))
+    n_mine = int(((top.kind == 'K') & (top.layer == L) & (top['head'] == h)).sum())
+    out = [f"The induction head is **{L}.{h}** (prefix matching {r.prefix_matching:.2f}; the next best head of layer ≥ 1: "
+           f"{heads[(heads.layer >= 1) & ~((heads.layer == L) & (heads['head'] == h))].prefix_matching.max():.2f}). {prev}",
+           f"\nAt the last snapshot its **K-composition** with the {len(mine['K'])} heads of layer {L - 1} is "
+           f"{mine['K'].min():.3f}–{mine['K'].max():.3f} (mean {mine['K'].mean():.3f}), against Q-composition "
+           f"{mine['Q'].mean():.3f} and V-composition {mine['V'].mean():.3f} (means). At initialisation every score is about "
+           f"{np.mean(list(init.values())):.3f} (K {init['K']:.3f}, Q {init['Q']:.3f}, V {init['V']:.3f}): the level of "
+           f"random matrices of this shape. The {len(mine['K'])} largest scores of all {len(kq)} (later head, earlier head, "
+           f"kind) triples include {n_mine} of its K-pairs; the highest mean over earlier heads of any other (later head, kind) is "
+           f"{ov:.3f} ({ok}-composition of {ol}.{oh})."]
+    if window is not None:
+        gap = lambda x: _near(_series(training, 'K', receiver), x) - max(_near(_series(training, c, receiver), x) for c in 'QV')
+        ch = {k: _near(_series(training, k, receiver), window.end) - _near(_series(training, k, receiver), window.start) for k in 'KQV'}
+        out.append(f"\nInside the phase-change window ({window.start/1e6:.1f}M–{window.end/1e6:.1f}M tokens) its mean "
+                   f"K-composition goes from {_near(_series(training, 'K', receiver), window.start):.3f} to "
+                   f"{_near(_series(training, 'K', receiver), window.end):.3f} ({ch['K']:+.3f}), while Q goes "
+                   f"{ch['Q']:+.3f} and V {ch['V']:+.3f}; K minus the larger of Q and V goes from "
+                   f"{gap(window.start):+.3f} to {gap(window.end):+.3f}.")
+    first = {c: (lambda s: s[s > init[c] + 0.02].index.min())(_series(training, c, receiver)) for c in 'KQ'}
+    if not np.isnan(first['K']): out.append(
+        f"The mean K-composition first rises 0.02 above its initial level at {first['K']/1e6:.2f}M tokens (Q-composition: "
+        + (f"{first['Q']/1e6:.2f}M" if not np.isnan(first['Q']) else "never") + f"); at the end Q and V are at {mine['Q'].mean():.3f} "
+        f"and {mine['V'].mean():.3f}, against {init['Q']:.3f} and {init['V']:.3f} at initialisation.")
+    return '\n'.join(out)
+
+# %% ../nbs/09_arg5_mechanism.ipynb #25ceb106
+def fig_ov(training: pd.DataFrame, eigs: pd.DataFrame, receiver: tuple[int, int], window=None):
+    """Left: eigenvalues of the receiver's full OV circuit at the last snapshot in the complex plane (other heads of
+    its layer in grey). Right: `Re(Σλ)/Σ|λ|` of every head of layers ≥ 1 over training, the receiver thick."""
+    L, h = receiver
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw=dict(width_ratios=[1, 1.6]))
+    e = eigs[eigs.layer == L]
+    mine = (e['head'] == h)
+    axs[0].scatter(e[~mine].re, e[~mine].im, s=10, color='0.6', label=f'other heads of layer {L}')
+    axs[0].scatter(e[mine].re, e[mine].im, s=18, color='tab:blue', label=f'head {L}.{h}')
+    axs[0].axhline(0, color='k', lw=0.5); axs[0].axvline(0, color='k', lw=0.5)
+    axs[0].set(xlabel='Re λ', ylabel='Im λ', title='OV eigenvalues, last snapshot')
+    axs[0].legend(fontsize=7)
+    ov = training[(training.measure == 'ov') & (training.layer >= 1) & (training.step > 0)]
+    for (l, hh), g in ov.groupby(['layer', 'head']):
+        thick = (l, hh) == (L, h)
+        axs[1].plot(g.tokens, g.value, lw=2.2 if thick else 1, color='tab:blue' if thick else f'C{hh + 1}', label=f'{l}.{hh}')
+    shade(axs[1], window)
+    tokens_axis(axs[1])
+    axs[1].axhline(0, color='k', lw=0.5)
+    axs[1].set(ylabel='Re(Σλ) / Σ|λ|', ylim=(-1.05, 1.05), title='OV copying over training')
+    axs[1].legend(fontsize=7, title='head', title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_arg5_mechanism.ipynb #5c49fb84
+def ov_text(training: pd.DataFrame, eigs: pd.DataFrame, receiver, window=None) -> str:
+    "The OV argument in sentences: the receiver's eigenvalues and ratio at the end, other heads', and the ratio across `window`."
+    L, h = receiver
+    e = eigs[(eigs.layer == L) & (eigs['head'] == h)]
+    lam = e.re.to_numpy() + 1j * e.im.to_numpy()
+    big = np.abs(lam) > 0.05 * np.abs(lam).max()
+    ov = _at(training, 'ov')
+    others = ov[~((ov.layer == L) & (ov['head'] == h))]
+    s = _series(training, 'ov', receiver)
+    out = (f"Head {L}.{h}'s OV circuit has copying ratio Re(Σλ)/Σ|λ| = **{eigen_ratio(torch.tensor(lam)):.3f}** at the last snapshot: "
+           f"{int((lam.real > 0)[big].sum())} of its {int(big.sum())} eigenvalues larger than 5% of the largest have positive real parts, and "
+           f"their arguments are within {np.degrees(np.abs(np.angle(lam[big & (lam.real > 0)]))).max():.0f}° of the positive real axis. "
+           f"The other heads' ratios range from {others.value.min():+.2f} to {others.value.max():+.2f} "
+           f"(layer 0: {ov[ov.layer == 0].value.min():+.2f} to {ov[ov.layer == 0].value.max():+.2f}). At initialisation the ratio is {_near(s, 1):+.2f}")
+    if window is not None:
+        out += (f"; it is {_near(s, window.start):+.2f} when the window opens and {_near(s, window.end):+.2f} when it closes "
+                f"(the copying direction forms partly before the window and is completed in it)")
+    return out + "."
+
+# %% ../nbs/09_arg5_mechanism.ipynb #2e8dccac
+def fig_qk(training: pd.DataFrame, receiver: tuple[int, int], window=None):
+    "The prev-weighted QK trace term (left) and its scale-free ratio (right) of every head of layer ≥ 1 over training, the receiver thick."
+    L, h = receiver
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.2))
+    for ax, meas, title in zip(axs, ('trace_weighted', 'qk_ratio'), ('Σ_p prev_p · tr(W_E W_QK W_OV^pᵀ W_Eᵀ)', 'Re(Σλ)/Σ|λ| of Σ_p prev_p · M_p')):
+        d = training[(training.measure == meas) & (training.step > 0)]
+        for (l, hh), g in d.groupby(['layer', 'head']):
+            thick = (l, hh) == (L, h)
+            ax.plot(g.tokens, g.value, lw=2.2 if thick else 1, color='tab:blue' if thick else f'C{hh + 1}', label=f'{l}.{hh}')
+        shade(ax, window)
+        tokens_axis(ax)
+        ax.axhline(0, color='k', lw=0.5)
+        ax.set_title(title, fontsize=9)
+    axs[1].set_ylim(-1.05, 1.05)
+    axs[0].set_ylabel('QK trace term')
+    axs[1].legend(fontsize=7, title='head', title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_arg5_mechanism.ipynb #bae32ff8
+def qk_text(training: pd.DataFrame, receiver, window=None) -> str:
+    "The QK argument in sentences: the receiver's trace term per earlier head and weighted, its ratio, other heads, and the window."
+    L, h = receiver
+    tr = _at(training, 'trace')
+    mine = tr[(tr.layer == L) & (tr['head'] == h)]
+    tw, qr = _series(training, 'trace_weighted', receiver), _series(training, 'qk_ratio', receiver)
+    ow = _at(training, 'trace_weighted'); ow = ow[~((ow.layer == L) & (ow['head'] == h))]
+    oq = _at(training, 'qk_ratio'); oq = oq[~((oq.layer == L) & (oq['head'] == h))]
+    out = (f"Through each layer-{L - 1} head p, head {L}.{h}'s trace term at the last snapshot is "
+           + ', '.join(f"{int(x.src_layer)}.{int(x.src_head)}: {x.value:.1f}" for _, x in mine.iterrows())
+           + f" — {'positive through every one' if (mine.value > 0).all() else 'not positive through all of them'}. Weighted by their previous-token scores and summed (the paper's metric) it is "
+             f"**{tw.iloc[-1]:.1f}**, against {ow.value.min():.1f} to {ow.value.max():.1f} for the other heads of layer {L}; "
+             f"the weighted matrix's eigenvalue ratio is **{qr.iloc[-1]:.3f}** (others {oq.value.min():+.2f} to {oq.value.max():+.2f})"
+             f"{': a near-pure token matcher' if qr.iloc[-1] > 0.9 else ''}. At initialisation: {_near(tw, 1):.2f} and {_near(qr, 1):+.2f}.")
+    if window is not None:
+        out += (f" The weighted trace is {_near(tw, window.start):.1f} when the window opens and {_near(tw, window.end):.1f} "
+                f"when it closes; the ratio {_near(qr, window.start):+.2f} and {_near(qr, window.end):+.2f}.")
+    return out
+
+# %% ../nbs/09_arg5_mechanism.ipynb #729ed98d
+def fig_patching(summary: pd.DataFrame, receiver: tuple[int, int]):
+    "Bar chart of `patching_summary`: the receiver's attention to its induction targets (left) and the loss there (right), 95% intervals."
+    fig, axs = plt.subplots(1, 2, figsize=(11, 3.3))
+    conds = list(summary.index)
+    colors = ['0.3', '0.75'] + ['tab:blue', 'tab:orange', 'tab:green', 'tab:purple'] + ['tab:cyan'] * (len(conds) - 6)
+    for ax, m, lab in zip(axs, ('attention', 'loss'), (f'attention of {receiver[0]}.{receiver[1]} to the induction target', 'loss at the queries (nats)')):
+        v = summary[m].astype(float)
+        err = np.stack([v - summary[f'{m}_lo'].astype(float), summary[f'{m}_hi'].astype(float) - v])
+        ax.bar(range(len(conds)), v, yerr=err, color=colors[:len(conds)], capsize=3)
+        ax.set_xticks(range(len(conds)), conds, rotation=35, ha='right', fontsize=8)
+        ax.set_ylabel(lab, fontsize=9)
+        ax.grid(axis='y', alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_arg5_mechanism.ipynb #6368b491
+def _ci(s: pd.Series, m: str, fmt: str='{:.3f}', scale: float=1.0) -> str:
+    "`value [lo, hi]` of measure `m` from a `patching_summary` row."
+    def f(x):
+        out = fmt.format(float(x) * scale)
+        return out[1:] if out.startswith('-') and float(out) == 0 else out
+    return f"{f(s[m])} [{f(s[m + '_lo'])}, {f(s[m + '_hi'])}]"
+
+def patching_text(summary: pd.DataFrame, patching: pd.DataFrame, receiver) -> str:
+    "Path patching in sentences, every number with its 95% interval over sequences."
+    L, h = receiver
+    s, n = summary, patching.seq.nunique()
+    singles = [c for c in s.index if c.startswith('key ←')]
+    pct = lambda c, m: _ci(s.loc[c], f'{m}_recovered', '{:.0f}', 100)
+    out = [f"Over {n} repeated validation windows (95% bootstrap intervals over windows), head {L}.{h} puts "
+           f"{_ci(s.loc['clean'], 'attention')} of its attention on the induction target in the clean run and "
+           f"{_ci(s.loc['corrupted'], 'attention')} in the corrupted one; the loss there is {_ci(s.loc['clean'], 'loss', '{:.2f}')} "
+           f"and {_ci(s.loc['corrupted'], 'loss', '{:.2f}')} nats.",
+           f"\n- **Key path** (all layer-{L - 1} heads' clean outputs into {L}.{h}'s key only): attention "
+           f"{_ci(s.loc['key'], 'attention')}, {pct('key', 'attention')}% of the gap recovered; loss {_ci(s.loc['key'], 'loss', '{:.2f}')}, "
+           f"{pct('key', 'loss')}% recovered.",
+           f"- **Query path** only: {pct('query', 'attention')}% of the attention and {pct('query', 'loss')}% of the loss.",
+           f"- **Value path** only: {pct('value', 'attention')}% and {pct('value', 'loss')}%.",
+           f"- All three together: {pct('q+k+v', 'attention')}% and {pct('q+k+v', 'loss')}% of the attention and the loss.",
+           f"- **One layer-{L - 1} head at a time** into the key: " + '; '.join(
+               f"{c.split('← ')[1]}: {pct(c, 'attention')}% of the attention" for c in singles)
+           + f". Together they recover {float(s.loc['key', 'attention_recovered']) * 100:.0f}%, single heads sum to "
+             f"{sum(float(s.loc[c, 'attention_recovered']) for c in singles) * 100:.0f}%"
+           + (": the previous-token information is spread over the heads and the key needs it whole."
+              if float(s.loc['key', 'attention_recovered']) > sum(float(s.loc[c, 'attention_recovered']) for c in singles) else ".")]
+    return '\n'.join(out)
+
+# %% ../nbs/09_arg5_mechanism.ipynb #20ac99c5
+def fig_patterns(patterns: dict, receiver: tuple[int, int], vmax: float=0.5):
+    "The receiver's attention pattern on one repeated window: clean, corrupted, key-patched, query-patched; queries of the second copy as rows, keys after BOS as columns."
+    half = (len(patterns['tokens']) - 1) // 2
+    fig, axs = plt.subplots(1, 4, figsize=(13, 3.2), sharey=True, constrained_layout=True)
+    for ax, k, title in zip(axs, ('clean', 'corrupted', 'key', 'query'), ('clean', 'corrupted', 'corrupted, key ← clean layer 0', 'corrupted, query ← clean layer 0')):
+        im = ax.imshow(patterns[k][half + 1:, 1:], cmap='Blues', vmin=0, vmax=vmax, aspect='auto', interpolation='nearest',
+                       extent=(0.5, patterns[k].shape[1] - 0.5, 2 * half + 0.5, half + 0.5))
+        ax.axvline(half + 0.5, color='0.5', lw=0.6, ls='--')
+        ax.set(title=title, xlabel='key position')
+        ax.title.set_fontsize(9)
+    axs[0].set_ylabel('query position (second copy)')
+    fig.colorbar(im, ax=axs, shrink=0.85, label=f'attention of {receiver[0]}.{receiver[1]}')
+    return fig
+
+# %% ../nbs/09_arg5_mechanism.ipynb #c8c4ce24
+def patterns_text(patterns: dict, receiver) -> str:
+    "What the example window is, and the receiver's attention to its targets in each of the four runs."
+    q, tg = patterns['queries'], patterns['targets']
+    att = {k: float(patterns[k][q, tg].mean()) for k in ('clean', 'corrupted', 'key', 'query')}
+    bos = {k: float(patterns[k][q, 0].mean()) for k in att}
+    half = (len(patterns['tokens']) - 1) // 2
+    first = patterns['tokens'][1:half + 1]
+    text = (f"The window's first copy reads `{bytes(first.astype(np.uint8)).decode('utf-8', 'replace')!r}`" if first.max() < 256 and first.min() >= 0 else
+            f"The window is {half} synthetic tokens repeated once")
+    return (text + f". The induction stripe (key = query − {half} + 1) carries {att['clean']:.2f} of head {receiver[0]}.{receiver[1]}'s "
+            f"attention from the measured queries in the clean run, {att['corrupted']:.2f} corrupted, {att['key']:.2f} with the key patched "
+            f"and {att['query']:.2f} with the query patched. What it does not put on a match mostly goes to BOS (not drawn): "
+            f"{bos['clean']:.2f}, {bos['corrupted']:.2f}, {bos['key']:.2f} and {bos['query']:.2f} of its attention from the same queries.")
+
+# %% ../nbs/09_arg5_mechanism.ipynb #ccbc4157
+def fig_layer0(offsets: pd.DataFrame, training: pd.DataFrame, receiver: tuple[int, int], layer: int=0):
+    "Left: attention of each head of `layer` by offset (0 = itself, 1 = previous token, …). Right: the receiver's K-composition with each, at the end and at initialisation."
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3), gridspec_kw=dict(width_ratios=[1.6, 1]))
+    o = offsets[offsets.layer == layer]
+    for hh, g in o.groupby('head'): axs[0].plot(g.offset, g.attention, 'o-', color=f'C{hh}', label=f'{layer}.{hh}', ms=4)
+    axs[0].set(xlabel='offset (query position − key position)', ylabel='mean attention', title=f'layer {layer} attention by offset')
+    axs[0].legend(fontsize=7); axs[0].grid(alpha=0.3)
+    k = _at(training, 'K'); k = k[(k.layer == receiver[0]) & (k['head'] == receiver[1]) & (k.src_layer == layer)]
+    k0 = _at(training, 'K', 0); k0 = k0[(k0.layer == receiver[0]) & (k0['head'] == receiver[1]) & (k0.src_layer == layer)]
+    axs[1].bar(k.src_head, k.value, color=[f'C{int(x)}' for x in k.src_head], label='last snapshot')
+    axs[1].scatter(k0.src_head, k0.value, color='k', marker='_', s=300, label='initialisation', zorder=3)
+    axs[1].set(xticks=k.src_head, xticklabels=[f'{layer}.{int(x)}' for x in k.src_head], xlabel='earlier head',
+               ylabel='K-composition', title=f'K-composition of {receiver[0]}.{receiver[1]}')
+    axs[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_arg5_mechanism.ipynb #eb35f317
+def layer0_text(offsets: pd.DataFrame, training: pd.DataFrame, summary: pd.DataFrame, receiver, layer: int=0) -> str:
+    "Layer 0 in sentences: each head's attention at offsets 1–3 and beyond, and how the receiver's key depends on them."
+    o = offsets[offsets.layer == layer].pivot(index='head', columns='offset', values='attention')
+    k = _at(training, 'K'); k = k[(k.layer == receiver[0]) & (k['head'] == receiver[1]) & (k.src_layer == layer)].set_index('src_head').value
+    rows = [f"- head {layer}.{hh}: offset 1 {r[1]:.2f}, 2 {r[2]:.2f}, 3 {r[3]:.2f} (1–3 together {r[1] + r[2] + r[3]:.2f}; itself "
+            f"{r[0]:.2f}; further than {o.columns.max()} or BOS {1 - r.sum():.2f}); K-composition with {receiver[0]}.{receiver[1]} {k[hh]:.3f}"
+            for hh, r in o.iterrows()]
+    best = o[1].idxmax()
+    return ('\n'.join(rows) + f"\n\nNo head puts more than {o[1].max():.2f} on the previous token (head {layer}.{best}); "
+            f"{int((o[[1, 2, 3]].sum(axis=1) > 0.5).sum())} of {len(o)} heads put more than half of their attention on the last three tokens. "
+            f"Instead of one previous-token head, layer {layer} writes a blurred \"recent tokens\" signal with several heads, and the "
+            f"induction head's key reads all of them: its K-composition is spread ({k.min():.3f}–{k.max():.3f}) and no single head's "
+            f"output restores more than {summary.loc[[c for c in summary.index if c.startswith('key ←')], 'attention_recovered'].astype(float).max() * 100:.0f}% "
+            f"of its induction attention, while all together restore {float(summary.loc['key', 'attention_recovered']) * 100:.0f}%. "
+            f"Byte tokens may be why: one previous byte says little, and matching on a few preceding bytes is closer to matching a word.")
+
+# %% ../nbs/09_arg5_mechanism.ipynb #439caf20
+def comparison_text(t: RunTables, circuit: dict, training: pd.DataFrame, summary: pd.DataFrame, receiver) -> str:
+    "The paper's setting and claims beside ours, as a Markdown table; our numbers computed."
+    cfg = t.info['config']['model']
+    L, h = receiver
+    k, q, v = (_at(training, x) for x in 'KQV')
+    sel = lambda d: d[(d.layer == L) & (d['head'] == h)].value.mean()
+    rows = [('model', 'small attention-only, 1–6 layers, d_model 768, 12 heads', f"{cfg['n_layers']} layers, d_model {cfg['d_model']}, {cfg['n_heads']} heads"),
+            ('tokens and context', 'BPE vocabulary 2^16, context 8192, ~10B training tokens', f"bytes ({cfg['d_vocab']}), context {cfg['n_ctx']}, {t.snaps.tokens.max()/1e6:.1f}M tokens"),
+            ('previous-token head', 'one in layer 0', 'none by the 0.4 threshold; several layer-0 heads attend to the last few tokens' if not circuit['previous'] else
+             'in layer 0: ' + ', '.join(f'{a}.{b}' for a, b in circuit['previous'])),
+            ('K- vs Q-composition', 'K-composition with the previous-token head (less so Q)', f"K {sel(k):.3f}, Q {sel(q):.3f}, V {sel(v):.3f} (means over layer-0 heads)"),
+            ('OV circuit', 'positive eigenvalues: copying', f"ratio {sel(_at(training, 'ov')):.3f}"),
+            ('QK circuit', 'trace term tracks prefix matching', f"weighted trace {sel(_at(training, 'trace_weighted')):.1f}, ratio {sel(_at(training, 'qk_ratio')):.3f}"),
+            ('causal test', 'none for this argument (weights only; ablations are argument 3)',
+             f"path patching: key path {float(summary.loc['key', 'attention_recovered']) * 100:.0f}% of the attention, query {float(summary.loc['query', 'attention_recovered']) * 100:.0f}%, value {float(summary.loc['value', 'attention_recovered']) * 100:.0f}%")]
+    return '| | the paper | here |\n|---|---|---|\n' + '\n'.join(f'| {a} | {b} | {c} |' for a, b, c in rows)
