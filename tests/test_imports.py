@@ -6,7 +6,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1]/'induction_nb'
 LAYERS = {'data': 0, 'model': 1, 'train': 2, 'scores': 3, 'interop': 3, 'sweep': 4, 'experiment': 5, 'phase': 6,
-          'zoo': 7, 'smeared': 8, 'ablation': 8,            # the argument chapters
+          'zoo': 7, 'smeared': 8, 'ablation': 8, 'circuits': 8,   # the argument chapters
           'site': 9, 'cli': 10}
 
 def import_graph() -> dict[str, set[str]]:
