@@ -25,7 +25,8 @@ __all__ = ['KINDS', 'ABLATION_KINDS', 'ABLATION_PARAMS', 'KIND_COLORS', 'zero_ho
            'ablate', 'head_ablation_losses', 'before_after_direction', 'head_ablation_table', 'other_head_sets',
            'set_ablation_icl', 'set_ablation', 'boot_means', 'mean_ci', 'removed_fraction', 'Ablation', 'head_classes',
            'compute_ablation', 'ablation_windows', 'fig_head_heatmaps', 'fig_attribution', 'final_heads',
-           'attribution_text', 'sets_text', 'zero_vs_pattern_text', 'fig_sets', 'comparison_table']
+           'attribution_text', 'sets_text', 'zero_vs_pattern_text', 'fig_sets', 'mlp_text', 'comparison_table',
+           'speed_text']
 
 # %% ../nbs/07_arg3_ablation.ipynb #bf956b6d
 def _by_layer(heads) -> dict[int, list[int]]:
@@ -363,13 +364,13 @@ def attribution_text(results: dict, value: str='pattern') -> str:
         g = r.heads[r.heads.kind == 'induction'].groupby('step')
         d, tok = g[value].sum(), g.tokens.first()
         i0, i1 = _nearest(tok, r.window.start), _nearest(tok, r.window.end)
-        inside = (d.iloc[i1] - d.iloc[i0]) / d.iloc[-1]
+        rise = d.iloc[i1] - d.iloc[i0]
         out.append(f"- **{name}**: final ICL score {icl:+.3f} nats. Ablating the induction head{'s' * (len(ind) > 1)} alone — {heads}. "
                    f"Of the other {len(oth)} heads, ablating {int((oth[value] < 0).sum())} makes in-context learning *stronger* "
                    f"(ΔICL < 0; together {oth[value][oth[value] < 0].sum():+.3f} nats) and {int((oth[value] > 0).sum())} weaker "
                    f"(together {oth[value][oth[value] > 0].sum():+.3f}). The induction heads' summed ΔICL is {d.iloc[i0]:+.3f} at "
-                   f"the window's start, {d.iloc[i1]:+.3f} at its end and {d.iloc[-1]:+.3f} at the last snapshot: {inside:.0%} of it "
-                   f"appears inside the window. Projected on the before/after direction, their loss change is "
+                   f"the window's start, {d.iloc[i1]:+.3f} at its end and {d.iloc[-1]:+.3f} at the last snapshot: its rise inside the "
+                   f"window is {rise / d.iloc[-1]:.0%} of its final value. Projected on the before/after direction, their loss change is "
                    f"{ind[f'{value}_proj'].sum():+.2f} (the other heads': {oth[f'{value}_proj'].min():+.2f} to {oth[f'{value}_proj'].max():+.2f}).")
     return '\n'.join(out)
 
@@ -424,6 +425,25 @@ def fig_sets(results: dict, min_tokens: float=2e5):
     axs[0, 0].set_ylabel('ICL score, nats (lower = more ICL)')
     return fig
 
+# %% ../nbs/07_arg3_ablation.ipynb #d0086b9c
+def mlp_text(results: dict, attn: str='attn-2L s0', mlp: str='mlp-2L s0') -> str:
+    "The 2-layer model with MLPs against the attention-only one: the same set ablation and per-head numbers, side by side."
+    if attn not in results or mlp not in results: return ''
+    a, m = results[attn], results[mlp]
+    fa, fm = (removed_fraction(r.sets['clean'][-1], r.sets['ablated'][-1]) for r in (a, m))
+    ga, gm = (removed_fraction(r.sets['clean'][-1], r.sets['others'][-1]) for r in (a, m))
+    la, lm = final_heads(a), final_heads(m)
+    big = lambda last: int((last[last.kind != 'induction'].pattern.abs() > 0.05).sum())
+    return (f"The MLP model forms {len(m.info['induction'])} induction head{'s' * (len(m.info['induction']) > 1)} "
+            f"({', '.join(f'{l}.{h}' for l, h in m.info['induction'])}). Ablating them together removes "
+            f"{_fmt_ci(*fm, fmt='{:.0%}')} of its final ICL score ({float(m.sets['clean'][-1].mean()):+.3f} nats), against "
+            f"{_fmt_ci(*fa, fmt='{:.0%}')} for the attention-only model's {len(a.info['induction'])}; as many other heads "
+            f"remove {_fmt_ci(*gm, fmt='{:.0%}')} (attention-only: {_fmt_ci(*ga, fmt='{:.0%}')}). Ablated alone, "
+            f"{big(lm)} of its {int((lm.kind != 'induction').sum())} other heads move the score by more than 0.05 nats "
+            f"(attention-only: {big(la)} of {int((la.kind != 'induction').sum())}). The MLPs read and rewrite the "
+            f"residual stream between the heads, so an ablation's effect is no longer a sum of paths through the heads "
+            f"alone; this is why the paper calls the MLP evidence only suggestive.")
+
 # %% ../nbs/07_arg3_ablation.ipynb #2ff7c8f8
 def comparison_table(results: dict) -> pd.DataFrame:
     "Per run, the final snapshot's numbers the paper's claims are about, next to what the paper says for that kind of model."
@@ -442,3 +462,17 @@ def comparison_table(results: dict) -> pd.DataFrame:
                       'the paper': ('"almost all" ICL from induction heads; most other heads\' ablation raises ICL' if r.info['attn_only']
                                     else 'same pattern, "only suggestive" with MLPs')}
     return pd.DataFrame(rows).T
+
+# %% ../nbs/07_arg3_ablation.ipynb #141c7a15
+def speed_text(bench: dict, results: dict) -> str:
+    "The benchmark's numbers (from `bench/bench_ablation.py --json`), and what the runs on this page took."
+    b = bench
+    s = (f"With {b['windows']} windows of {b['n_ctx']} tokens on {b['threads']} threads ({b['cpus']} cores), one snapshot of "
+         f"the {b['layers']}-layer model ({b['layers'] * b['heads']} heads, both kinds) takes {b['fast_s']:.1f} s, against "
+         f"{b['naive_s']:.1f} s the naive way ({b['naive_s'] / b['fast_s']:.1f}× faster); its {b['snapshots']} snapshots take "
+         f"{b['fast_s'] * b['snapshots'] / 60:.1f} min (the issue's target: 5).")
+    if 'run_sweep_s' in b:
+        s += f" Timed directly, `sweep` over the {b['run_snapshots']} snapshots of a trained run took {b['run_sweep_s'] / 60:.1f} min."
+    took = '; '.join(f"{k}: {r.info['seconds']['heads'] / 60:.0f} + {r.info['seconds']['sets'] / 60:.0f} min" for k, r in results.items())
+    return s + (f" The results on this page were computed with one thread per process and two processes sharing the two "
+                f"cores with other work (per-head sweep + set ablation): {took}.")

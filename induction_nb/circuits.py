@@ -4,7 +4,6 @@
 
 # %% ../nbs/09_arg5_mechanism.ipynb #5f32a65a
 from __future__ import annotations
-import os
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,17 +14,17 @@ from einops import einsum
 from .model import Transformer
 from .train import Run, load_run, in_test
 from .scores import _qk_ov, _ln_fold, composition_scores, ov_eigen_copying, attention_patterns, token_pool, classify_heads
-from .experiment import RunTables, load_or_compute, shade, tokens_axis
+from .experiment import RunTables, load_or_compute, load_or_compute_each, shade, tokens_axis
 from .phase import PhaseWindow          # also gives RunTables.window()
 from .zoo import train_zoo
 
 # %% auto #0
 __all__ = ['PATHS', 'find_circuit', 'circuit_pool', 'eigen_ratio', 'ov_eigenvalues', 'qk_token_circuit', 'qk_trace',
            'weighted_qk', 'repeated_windows', 'corrupt_first_copy', 'path_patch', 'patch_metrics', 'path_patching',
-           'patching_summary', 'attention_by_offset', 'circuit_over_training', 'mechanism_results',
-           'load_or_compute_mechanism', 'fig_composition', 'fig_composition_training', 'composition_text', 'fig_ov',
-           'ov_text', 'fig_qk', 'qk_text', 'fig_patching', 'patching_text', 'fig_patterns', 'patterns_text',
-           'fig_layer0', 'layer0_text', 'comparison_text']
+           'patching_summary', 'attention_by_offset', 'circuit_over_training', 'mechanism_results', 'save_mechanism',
+           'load_mechanism', 'load_or_compute_mechanism', 'fig_composition', 'fig_composition_training',
+           'composition_text', 'fig_ov', 'ov_text', 'fig_qk', 'qk_text', 'fig_patching', 'patching_text',
+           'fig_patterns', 'patterns_text', 'fig_layer0', 'layer0_text', 'comparison_text']
 
 # %% ../nbs/09_arg5_mechanism.ipynb #006610ff
 def find_circuit(t: RunTables, prefix_min: float=0.3, prev_min: float=0.4) -> dict:
@@ -252,22 +251,25 @@ def mechanism_results(run: Run, t: RunTables, receiver: tuple[int, int], n_seqs:
 
 _TABLES = ('training', 'eigs', 'offsets', 'patching')
 
-def load_or_compute_mechanism(results_dir, t: RunTables, receiver: tuple[int, int]) -> dict:
-    """`mechanism_results` read from `results_dir` (CSVs and `patterns.npz`), or — when a file is missing,
-    `INDUCTION_NB_RETRAIN=1` is set, or under `nbdev_test` — computed from the run `t` came from (`info['run_dir']`)
-    and saved there (not under `nbdev_test`)."""
-    d = Path(results_dir)
-    files = [d/f'{k}.csv' for k in _TABLES] + [d/'patterns.npz']
-    if not in_test() and not os.environ.get('INDUCTION_NB_RETRAIN') and all(f.exists() for f in files):
-        out = {k: pd.read_csv(d/f'{k}.csv') for k in _TABLES}
-        with np.load(d/'patterns.npz') as z: out['patterns'] = {k: z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k] for k in z.files}
-        return out
-    out = mechanism_results(load_run(t.info['run_dir']), t, receiver)
-    if not in_test():
-        d.mkdir(parents=True, exist_ok=True)
-        for k in _TABLES: out[k].to_csv(d/f'{k}.csv', index=False, float_format='%.6g')
-        np.savez_compressed(d/'patterns.npz', **{k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in out['patterns'].items()})
+def save_mechanism(out: dict, folder):
+    "Write `mechanism_results` to `folder`: one CSV per table and the attention patterns in `patterns.npz` (float16)."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in _TABLES: out[k].to_csv(folder/f'{k}.csv', index=False, float_format='%.6g')
+    np.savez_compressed(folder/'patterns.npz', **{k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in out['patterns'].items()})
+
+def load_mechanism(folder) -> dict:
+    "Read what `save_mechanism` wrote."
+    folder = Path(folder)
+    out = {k: pd.read_csv(folder/f'{k}.csv') for k in _TABLES}
+    with np.load(folder/'patterns.npz') as z: out['patterns'] = {k: z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k] for k in z.files}
     return out
+
+def load_or_compute_mechanism(results_dir, t: RunTables, receiver: tuple[int, int]) -> dict:
+    """`mechanism_results` for the run `t` came from, read from `results_dir/<run directory name>/` or computed there
+    (`load_or_compute_each`: when it is missing, `INDUCTION_NB_RETRAIN=1` is set, or under `nbdev_test`, which saves nothing)."""
+    return load_or_compute_each(results_dir, [t], lambda run, t: mechanism_results(run, t, receiver),
+                                load_mechanism, save_mechanism)[t.name]
 
 # %% ../nbs/09_arg5_mechanism.ipynb #9772ce68
 def _at(training: pd.DataFrame, measure: str, step=None) -> pd.DataFrame:
