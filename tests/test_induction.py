@@ -5,7 +5,7 @@ import pytest
 import torch
 from induction_nb.train import train, preset
 from induction_nb.model import per_token_loss
-from induction_nb.scores import prefix_matching_scores, probe_windows, token_pool, previous_token_scores
+from induction_nb.scores import prefix_matching_scores, probe_windows, token_pool, previous_token_scores, classify_heads
 from induction_nb.ablation import ablate
 
 
@@ -30,14 +30,18 @@ def test_two_layers_form_an_induction_head(tmp_path):
     # the circuit's other half: a previous-token head in layer 0
     windows = run.corpus().batch('val', run.config.model.n_ctx, 16, seed=0)
     assert previous_token_scores(run.load(), windows)[0].max() > 0.4
-    # argument 3: ablating the induction head costs the repeated tokens a lot; ablating another layer-1 head barely moves them
+    # argument 3: ablating the induction heads costs the repeated tokens a lot; ablating a head that is neither an
+    # induction nor a previous-token head ('other' by classify_heads) barely moves them
     model, probe = run.load(), probe_windows(token_pool(run.corpus()), n_seqs=10, block=25, n_repeats=4, seed=1)
-    repeated = lambda logits: per_token_loss(model, probe, logits)[:, 25:].mean().item()   # targets in copies 2-4
-    clean = repeated(ablate(model, probe[:, :-1], []))
-    ind, other = int(scores[1].argmax()), int(scores[1].argmin())
-    d_ind = repeated(ablate(model, probe[:, :-1], (1, ind))) - clean
-    d_other = repeated(ablate(model, probe[:, :-1], (1, other))) - clean
-    assert d_ind > 1.0 and abs(d_other) < 0.2 * d_ind, f"clean {clean:.3f}; ablating 1.{ind}: +{d_ind:.3f}, 1.{other}: {d_other:+.3f}"
+    kinds = classify_heads(scores, previous_token_scores(model, windows))
+    induction = [(r.layer, r.head) for r in kinds.itertuples() if r.kind == 'induction']
+    others = [(r.layer, r.head) for r in kinds.itertuples() if r.kind == 'other']
+    assert induction and others, kinds
+    repeated = lambda heads: per_token_loss(model, probe, ablate(model, probe[:, :-1], heads))[:, 25:].mean().item()  # copies 2-4
+    clean = repeated([])
+    d_ind = repeated(induction) - clean
+    d_other = {h: repeated([h]) - clean for h in others}
+    assert d_ind > 1.0 and all(abs(d) < 0.2 * d_ind for d in d_other.values()), f"clean {clean:.3f}; induction {induction}: +{d_ind:.3f}; others: {d_other}"
 
 
 def test_one_layer_cannot(tmp_path):
