@@ -17,11 +17,11 @@ from .model import Transformer, per_token_loss
 from .ablation import ablate, mean_ci, head_classes
 
 # %% auto #0
-__all__ = ['MATCHES', 'NAMES', 'VERBS', 'OBJECTS', 'SENTENCES', 'FILLERS', 'CATEGORIES', 'SUMMARY_COLS', 'MODEL_COLORS',
-           'PAPER_KIND', 'PAPER_SCORES', 'to_tokens', 'from_tokens', 'Prompt', 'make_prompt', 'prompt_set',
-           'corpus_prompts', 'run_prompt', 'prompt_rows', 'text_grid', 'top_keys', 'plot_text', 'view_head',
-           'induction_heads', 'Examples', 'compute_examples', 'per_prompt', 'summarize', 'fig_example', 'fig_summary',
-           'category_text', 'comparison_table', 'shown_prompt', 'limits_text']
+__all__ = ['MATCHES', 'NAMES', 'VERBS', 'OBJECTS', 'SENTENCES', 'FILLERS', 'CATEGORIES', 'SHORT_NAMES', 'SUMMARY_COLS',
+           'MODEL_COLORS', 'PAPER_KIND', 'PAPER_SCORES', 'to_tokens', 'from_tokens', 'Prompt', 'make_prompt',
+           'prompt_set', 'corpus_prompts', 'run_prompt', 'prompt_rows', 'text_grid', 'top_keys', 'plot_text',
+           'view_head', 'induction_heads', 'Examples', 'compute_examples', 'per_prompt', 'summarize', 'fig_example',
+           'fig_summary', 'category_text', 'comparison_table', 'shown_prompt', 'limits_text']
 
 # %% ../nbs/08_arg4_generality.ipynb #eed1d418
 def to_tokens(text: str|bytes) -> torch.Tensor:
@@ -96,7 +96,7 @@ def make_prompt(name: str, category: str, text: str, pieces, match: str='exact',
         pairs.append((s, d, len(sb)))
     return Prompt(name, category, text, tuple(pairs), match, focus)
 
-# %% ../nbs/08_arg4_generality.ipynb #460132cc
+# %% ../nbs/08_arg4_generality.ipynb #9409a67d
 NAMES = ['max_retries', 'buffer_size', 'user_name', 'file_path', 'line_count', 'encoding', 'default_value', 'block_size',
          'start_index', 'header_line', 'error_count', 'parent_dir', 'max_depth', 'field_name', 'new_value', 'last_offset']
 VERBS = ['get_config', 'parse_header', 'read_chunk', 'lookup', 'normalize', 'split_path', 'decode_line', 'fetch_item']
@@ -108,25 +108,25 @@ SENTENCES = ['The old mill stood by the river for a hundred years.', 'She opened
 FILLERS = ['Nobody knew why.', 'It was quiet.', 'Then came the rain.', 'Time passed.']
 CATEGORIES = ('exact repeat', 'changed case', 'changed indentation', 'call pattern', 'repeated sentence', 'parallel list')
 
-def _exact(r, i):
-    a, b, c = r.choice(NAMES, 3, replace=False); f = r.choice(VERBS)
+def _exact(r, i, names=NAMES):
+    a, b, c = r.choice(names, 3, replace=False); f = r.choice(VERBS)
     line = f"{a} = self.{f}({b}, {c})"
     return make_prompt(f'exact {i}', 'exact repeat', f"    {line}\n    if {a} is None:\n        return {c}\n    {line}\n",
                        [(line, line)], focus=(0, 3))
 
-def _case(r, i):
-    a, b = r.choice(NAMES, 2, replace=False); f = r.choice(VERBS)
+def _case(r, i, names=NAMES):
+    a, b = r.choice(names, 2, replace=False); f = r.choice(VERBS)
     text = f"def {f}({a}, {b}=None):\n    pass\n\n{a.upper()} = {b.upper()} = 0\n"
     return make_prompt(f'case {i}', 'changed case', text, [(a, a.upper()), (b, b.upper())], 'case', focus=(0, 1))
 
-def _indent(r, i):
-    a, b = r.choice(NAMES, 2, replace=False); f = r.choice(VERBS)
+def _indent(r, i, names=NAMES):
+    a, b = r.choice(names, 2, replace=False); f = r.choice(VERBS)
     line = f"{a} = self.{f}({b}, strict=True)"
     i1, i2 = ('        ', '    ') if i % 2 == 0 else ('    ', '        ')
     return make_prompt(f'indent {i}', 'changed indentation', f"{i1}{line}\n{i1}return {a}\n{i2}{line}\n", [(line, line)], focus=(0, 3))
 
-def _call(r, i):
-    a, b, c, d = r.choice(NAMES, 4, replace=False); m = r.choice(VERBS)
+def _call(r, i, names=NAMES):
+    a, b, c, d = r.choice(names, 4, replace=False); m = r.choice(VERBS)
     if i % 2 == 0:          # a call repeated with other arguments: what follows each changed part
         o = r.choice(OBJECTS); x, y = r.choice(['0', 'None', "''", '[]', 'False', '1'], 2, replace=False)
         text = f"    {a} = {o}.{m}('{c}', default={x})\n    {b} = {o}.{m}('{d}', default={y})\n"
@@ -135,21 +135,23 @@ def _call(r, i):
     sig = f"(self, {a}, {b}=None, *, {c}=False):"
     return make_prompt(f'call {i}', 'call pattern', f"    def {f}{sig}\n        pass\n    def {g}{sig}\n", [(sig, sig)], focus=(0, 0))
 
-def _sentence(r, i):
+def _sentence(r, i, names=NAMES):
     s = r.choice(SENTENCES); f = r.choice(FILLERS)
     return make_prompt(f'sentence {i}', 'repeated sentence', f"{s} {f} {s}", [(s, s)], focus=(0, 4))
 
-def _list(r, i):
-    names = list(r.choice(NAMES, 4, replace=False))
+def _list(r, i, names=NAMES):
+    names = list(r.choice(names, 4, replace=False))
     text = ''.join(f"{n} = {k}\n" for k, n in enumerate(names)) + f"print({', '.join(names)})\n"
     return make_prompt(f'list {i}', 'parallel list', text, [(n, n) for n in names[1:]], focus=(0, 0))
 
 _MAKERS = dict(zip(CATEGORIES, (_exact, _case, _indent, _call, _sentence, _list)))
 
-def prompt_set(n: int=8, seed: int=0, categories=CATEGORIES) -> list[Prompt]:
-    "`n` hand-made prompts per category, the names in them drawn at random (seeded) from small lists of Python-like words."
+SHORT_NAMES = ['key', 'val', 'buf', 'pos', 'idx', 'line', 'name', 'path', 'size', 'mode']   # for a short context
+
+def prompt_set(n: int=8, seed: int=0, categories=CATEGORIES, names=NAMES) -> list[Prompt]:
+    "`n` hand-made prompts per category, the names in them drawn at random (seeded) from `names` and small lists of Python-like words."
     r = np.random.default_rng(seed)
-    return [_MAKERS[c](r, i) for c in categories for i in range(n)]
+    return [_MAKERS[c](r, i, names) for c in categories for i in range(n)]
 
 # %% ../nbs/08_arg4_generality.ipynb #a7fbfa86
 _IDENT = re.compile(rb'[A-Za-z_][A-Za-z0-9_]{5,}')
@@ -281,7 +283,7 @@ def induction_heads(t) -> list[tuple[int, int]]:
     c = head_classes(t)
     return [tuple(map(int, x)) for x in c[c.kind == 'induction'][['layer', 'head']].values]
 
-# %% ../nbs/08_arg4_generality.ipynb #1c3c50c6
+# %% ../nbs/08_arg4_generality.ipynb #2a7d5be5
 @dataclass
 class Examples:
     "One run's results on a prompt set: per-byte rows for every prompt, and the views the figures draw (small JSON/CSV)."
@@ -292,7 +294,7 @@ class Examples:
 
     def save(self, folder):
         folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-        self.rows.to_csv(folder/'rows.csv', index=False, float_format='%.5g')
+        self.rows.to_csv(folder/'rows.csv.gz', index=False, float_format='%.4g')
         (folder/'views.json').write_text(json.dumps(self.views))
         (folder/'info.json').write_text(json.dumps({'name': self.name, **self.info}, indent=1))
 
@@ -301,7 +303,7 @@ class Examples:
         folder = Path(folder)
         if not (folder/'info.json').exists(): raise FileNotFoundError(f"{folder} holds no saved examples (no info.json)")
         info = json.loads((folder/'info.json').read_text())
-        return cls(info.pop('name'), pd.read_csv(folder/'rows.csv', keep_default_na=False, na_values=['']),
+        return cls(info.pop('name'), pd.read_csv(folder/'rows.csv.gz', keep_default_na=False, na_values=['']),
                    json.loads((folder/'views.json').read_text()), info)
 
     def prompt(self, name: str) -> Prompt:
@@ -463,7 +465,7 @@ def shown_prompt(ex: Examples, category: str) -> str|None:
     "The name of the prompt of `category` whose view `ex` kept (the first of its category), or None."
     return next((k for k, v in ex.views.items() if v['prompt']['category'] == category), None)
 
-# %% ../nbs/08_arg4_generality.ipynb #a29435df
+# %% ../nbs/08_arg4_generality.ipynb #1ad0737e
 def limits_text(results: dict) -> str:
     "Computed sentences: across runs, what their induction heads do and do not do on the fuzzy categories."
     S = {k: summarize(r.rows) for k, r in results.items()}
@@ -475,7 +477,8 @@ def limits_text(results: dict) -> str:
                    f"{rng('exact repeat', 'delta')} nats, and on their sources, where there is nothing to copy, by "
                    f"{rng('exact repeat', 'delta_src')}.")
         ok = [c for c in ('changed indentation', 'repeated sentence') if have(c)]
-        if ok: out.append("The same holds where only the byte-level context around the repeat changed: " + '; '.join(
+        if ok: out.append("The same holds for a line at another indentation (only the spaces before it change) and for a "
+                          "repeated English sentence: " + '; '.join(
             f"{c} {rng(c, 'delta')} (attention on the source byte: {rng(c, 'attn', '{:.2f}')})" for c in ok) +
             ". A repeated English sentence is copied although prose is out of distribution for models trained on Python.")
     ab = [c for c in ('call pattern', 'parallel list') if have(c)]
