@@ -14,19 +14,20 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm.auto import tqdm
 from .model import ModelConfig, Transformer, per_token_loss
-from .train import Run, load_run, in_test
+from .train import Run, load_run, in_test, preset
 from .scores import icl_per_example, classify_heads
 from .sweep import add_measure, sweep, cached_arrays, measure_inputs, MEASURE_PARAMS
 from .experiment import RunTables, load_or_compute_each, shade, tokens_axis
-from .zoo import has_window, head_window
+from .experiment import run_tables
+from .zoo import ZOO, has_window, head_window, train_zoo
 
 # %% auto #0
 __all__ = ['KINDS', 'ABLATION_KINDS', 'ABLATION_PARAMS', 'KIND_COLORS', 'zero_hooks', 'mean_hooks', 'freeze_hooks', 'z_means',
            'ablate', 'head_ablation_losses', 'before_after_direction', 'head_ablation_table', 'other_head_sets',
            'set_ablation_icl', 'set_ablation', 'boot_means', 'mean_ci', 'removed_fraction', 'Ablation', 'head_classes',
            'final_ablation', 'compute_ablation', 'ablation_windows', 'fig_head_heatmaps', 'fig_attribution',
-           'final_heads', 'attribution_text', 'sets_text', 'zero_vs_pattern_text', 'fig_sets', 'mlp_text',
-           'comparison_table', 'agreement_text', 'speed_text']
+           'final_removed', 'final_heads', 'attribution_text', 'sets_text', 'zero_vs_pattern_text', 'fig_sets',
+           'mlp_text', 'comparison_table', 'agreement_text', 'ablation_setup', 'ablation_cmd', 'speed_text']
 
 # %% ../nbs/07_arg3_ablation.ipynb #bf956b6d
 def _by_layer(heads) -> dict[int, list[int]]:
@@ -296,7 +297,9 @@ def ablation_windows(tables: list[RunTables]) -> dict:
     own = {t.name: (t.window() if has_window(t) else None) or head_window(t) for t in tables}
     ref = next((own[t.name] for t in tables if t.n_layers == 2 and own[t.name] is not None), None)
     out = {k: w or ref for k, w in own.items()}
-    if any(w is None for w in out.values()): raise ValueError(f"No window for {[k for k, w in out.items() if w is None]} and no 2-layer run to borrow one from")
+    if any(w is None for w in out.values()): raise ValueError(
+        f"No phase-change window for {[k for k, w in out.items() if w is None]} and no 2-layer run to borrow one from: "
+        "include a 2-layer model (e.g. attn-2L).")
     return out
 
 # %% ../nbs/07_arg3_ablation.ipynb #dcb762a2
@@ -349,6 +352,10 @@ def fig_attribution(results: dict, value: str='pattern', min_tokens: float=2e5):
 # %% ../nbs/07_arg3_ablation.ipynb #88e4768e
 def _nearest(tokens, x) -> int: return int(np.abs(np.log(np.maximum(np.asarray(tokens, dtype=float), 1.0)) - np.log(x)).argmin())
 
+def final_removed(r: Ablation, which: str='ablated') -> tuple[float, float, float]:
+    "`removed_fraction` at the last snapshot (`r.final`'s windows) of the induction heads (`'ablated'`) or the other sets (`'others'`)."
+    return removed_fraction(r.final['clean'], r.final[which])
+
 def final_heads(r: Ablation) -> pd.DataFrame:
     """The last snapshot's rows of `r.heads` with the clean ICL and each head's ΔICL taken from `r.final` (more windows),
     and their 95% bootstrap intervals (`zero_lo`, ..., `pattern_hi`)."""
@@ -398,7 +405,7 @@ def sets_text(results: dict) -> str:
     for name, r in results.items():
         if r.sets is None: continue
         f, n = r.final, len(r.info['induction'])
-        a, g = removed_fraction(f['clean'], f['ablated']), removed_fraction(f['clean'], f['others'])
+        a, g = final_removed(r), final_removed(r, 'others')
         out.append(f"- **{name}**: ablating its {n} induction head{'s' * (n > 1)} removes {_fmt_ci(*a, fmt='{:.0%}')} of the final "
                    f"ICL score ({float(f['clean'].mean()):+.3f} → {float(f['ablated'].mean()):+.3f} nats, {f['clean'].shape[-1]} "
                    f"windows); ablating {n} other head{'s' * (n > 1)} instead removes {_fmt_ci(*g, fmt='{:.0%}')} (over "
@@ -446,8 +453,8 @@ def mlp_text(results: dict, attn: str='attn-2L s0', mlp: str='mlp-2L s0') -> str
     "The 2-layer model with MLPs against the attention-only one: the same set ablation and per-head numbers, side by side."
     if attn not in results or mlp not in results: return ''
     a, m = results[attn], results[mlp]
-    fa, fm = (removed_fraction(r.final['clean'], r.final['ablated']) for r in (a, m))
-    ga, gm = (removed_fraction(r.final['clean'], r.final['others']) for r in (a, m))
+    fa, fm = final_removed(a), final_removed(m)
+    ga, gm = final_removed(a, 'others'), final_removed(m, 'others')
     la, lm = final_heads(a), final_heads(m)
     big = lambda last: int((last[last.kind != 'induction'].pattern.abs() > 0.05).sum())
     return (f"The MLP model forms {len(m.info['induction'])} induction head{'s' * (len(m.info['induction']) > 1)} "
@@ -467,9 +474,8 @@ def comparison_table(results: dict) -> pd.DataFrame:
     for name, r in results.items():
         last = final_heads(r)
         oth = last[last.kind != 'induction']
-        fin = r.final
-        f = removed_fraction(fin['clean'], fin['ablated']) if r.sets is not None else None
-        g = removed_fraction(fin['clean'], fin['others']) if r.sets is not None else None
+        f = final_removed(r) if r.sets is not None else None
+        g = final_removed(r, 'others') if r.sets is not None else None
         rows[name] = {'final ICL (nats)': f"{last.icl.iloc[0]:+.3f}",
                       'induction heads': ', '.join(f'{l}.{h}' for l, h in r.info['induction']) or 'none',
                       'ICL removed by them': _fmt_ci(*f, fmt='{:.0%}') if f else '–',
@@ -494,7 +500,7 @@ def agreement_text(results: dict) -> str:
                f"has the most negative projection on the before/after direction; the attribution appears in the window "
                f"(figures above). " + ' '.join(f"{k} has no induction head and a final ICL score of {r.final['clean'].mean():+.3f} nats."
                                                for k, r in results.items() if r.sets is None))
-    fr = {k: removed_fraction(r.final['clean'], r.final['ablated']) for k, r in attn.items()}
+    fr = {k: final_removed(r) for k, r in attn.items()}
     most = [k for k, f in fr.items() if f[1] >= 0.75]
     out.append(f"- **{'Agree' if len(most) == len(fr) else 'Partly differ'}: how much.** The paper says *almost all* ICL in small "
                f"attention-only models comes from induction heads, without a number. Here ablating them removes "
@@ -510,6 +516,35 @@ def agreement_text(results: dict) -> str:
                f"at the last snapshot (the paper: 10,000 examples at every snapshot); {'–'.join(map(str, snaps))} snapshots per "
                f"run (the paper: ~200); d_model {i['d_model']} with {i['n_heads']} heads per layer (the paper: 768 and 12).")
     return '\n'.join(out)
+
+# %% ../nbs/07_arg3_ablation.ipynb #f58ce433
+def ablation_setup(p):
+    "The options of `induction_nb ablation` (the CLI chapter builds the parser)."
+    p.add_argument('--out', default='runs', metavar='DIR',
+                   help="Where the run directories are (as for `induction_nb zoo`: missing runs are trained, interrupted ones "
+                        "resumed); the results go to DIR/ablation (default: ./runs).")
+    p.add_argument('--models', nargs='+', choices=list(ZOO), default=['attn-1L', 'attn-2L', 'attn-3L', 'mlp-2L'], metavar='NAME',
+                   help="Zoo models to ablate (seed 0; default: attn-1L attn-2L attn-3L mlp-2L). A 1-layer model borrows a "
+                        f"2-layer model's window, so include one. Choices: {', '.join(ZOO)}.")
+    p.add_argument('--draws', type=int, default=20, metavar='N', help="Random sets of other heads to ablate (default: 20).")
+    p.add_argument('--threads', type=int, metavar='N', help="Torch CPU threads (default: all cores).")
+
+def ablation_cmd(args):
+    "`induction_nb ablation`: train or reuse the models, ablate every head at every snapshot, save, print the table."
+    cfgs = {m: preset(ZOO[m][0]).model for m in args.models}
+    if any(c.n_layers == 1 and not c.smeared_key for c in cfgs.values()) and all(c.n_layers == 1 for c in cfgs.values()):
+        raise ValueError("A plain 1-layer model has no phase-change window of its own and borrows a 2-layer model's: "
+                         "add one to --models (e.g. attn-2L).")
+    if args.threads: torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    runs = train_zoo(out, args.models, seeds=(0,), n_threads=args.threads)
+    tables = [run_tables(run, name, progress=False) for name, run in runs.items()]
+    windows = ablation_windows(tables)
+    results = {}
+    for t in tables:
+        results[t.name] = compute_ablation(runs[t.name], t, windows[t.name], args.draws)
+        results[t.name].save(out/'ablation'/runs[t.name].path.name)
+    with pd.option_context('display.width', 200, 'display.max_colwidth', 80): print(comparison_table(results).to_string())
 
 # %% ../nbs/07_arg3_ablation.ipynb #141c7a15
 def speed_text(bench: dict, results: dict) -> str:

@@ -9,6 +9,7 @@ from typing import Callable
 from .train import PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged
 from .phase import phase_setup, phase_change_cmd
 from .zoo import zoo_setup, zoo_cmd
+from .ablation import ablation_setup, ablation_cmd
 
 # %% auto #0
 __all__ = ['presets_table', 'presets_cmd', 'train_cmd', 'commands', 'build_parser', 'main']
@@ -123,6 +124,11 @@ def commands() -> dict[str, dict]:
                     description="Train the zoo (attention-only and MLP models of 1-3 layers, smeared-key models of 1 and 2 "
                                 "layers) on the embedded corpus, resuming or reusing what is there, measure every snapshot, "
                                 "save the tables and print the co-occurrence table of argument 1."),
+        'ablation': dict(help="Ablate every head of zoo models at every snapshot (argument 3) and print the comparison table.",
+                         setup=ablation_setup, fn=ablation_cmd,
+                         description="Train or reuse zoo models (seed 0), ablate each head alone at every snapshot (zero and "
+                                     "pattern-preserving) and the induction heads together against random other heads, save "
+                                     "the results in DIR/ablation and print how much ICL each ablation removes."),
         'site': (dict(help="Build the documentation website offline (no Quarto, no network).", setup=site[0], fn=site[1])
                  if isinstance(site, tuple) else dict(missing=site))}
 

@@ -1,5 +1,5 @@
 """The package's import graph runs one way: data → model → train → scores → sweep → experiment → phase, with the
-TransformerLens interop beside the scores, the argument chapters (zoo, smeared and ablation, then examples) after the phase change, and the site and
+TransformerLens interop beside the scores, the argument chapters (zoo; smeared, ablation and circuits; then examples) after the phase change, and the site and
 CLI on top. Run this file to print the graph."""
 import ast
 from pathlib import Path
