@@ -340,9 +340,9 @@ def fig_attribution(results: dict, value: str='pattern', min_tokens: float=2e5):
             c = KIND_COLORS[g.kind.iloc[0]]
             axs[0, j].plot(g.tokens, g[value], color=c, lw=1.2 if c != '0.6' else 0.8)
             axs[1, j].plot(g.tokens, g[f'{value}_proj'], color=c, lw=1.2 if c != '0.6' else 0.8)
-        for ax in axs[:, j]:
+        for i, ax in enumerate(axs[:, j]):
             ax.axhline(0, color='k', lw=0.5); shade(ax, r.window)
-            tokens_axis(ax)
+            tokens_axis(ax, xlabel=i == 1)
         axs[0, j].set_title(name, fontsize=10)
     axs[0, 0].set_ylabel(f'ΔICL when ablated ({value}), nats')
     axs[1, 0].set_ylabel('Δloss · before/after unit vector')
@@ -414,13 +414,14 @@ def sets_text(results: dict) -> str:
 
 def zero_vs_pattern_text(results: dict) -> str:
     "How far zero and pattern-preserving ablation differ: exactly nowhere for last-layer heads, and by how much elsewhere."
-    h = pd.concat([r.heads.assign(run=k, last_layer=r.heads.layer == r.info['n_layers'] - 1) for k, r in results.items()])
+    h = pd.concat([r.heads.assign(run=k, last_layer=r.heads.layer == r.info['n_layers'] - 1) for k, r in results.items()], ignore_index=True)
     h = h[h.tokens > 0]
     diff = (h.zero - h.pattern).abs()
     early = h[~h.last_layer]
     big = early.loc[(early.zero - early.pattern).abs().idxmax()]
-    return (f"For last-layer heads the two ablations agree to {diff[h.last_layer].max():.1e} nats (no later layer reads a "
-            f"pattern). For earlier-layer heads they differ by {diff[~h.last_layer].mean():.3f} nats on average and by up to "
+    return (f"For last-layer heads the two ablations are the same (no later layer reads a pattern: the sweep computes them "
+            f"once, and a test above checks that `ablate` gives the same logits both ways; largest difference here "
+            f"{diff[h.last_layer].max():.1g} nats). For earlier-layer heads they differ by {diff[~h.last_layer].mean():.3f} nats on average and by up to "
             f"{diff[~h.last_layer].max():.3f} (head {int(big.layer)}.{int(big['head'])} of {big.run}: zero {big.zero:+.3f}, "
             f"pattern-preserving {big.pattern:+.3f}): zeroing an early head also changes the *patterns* of the heads after it "
             f"— including the induction head's, whose keys read the early heads — which pattern-preserving ablation leaves alone.")
@@ -430,7 +431,7 @@ def fig_sets(results: dict, min_tokens: float=2e5):
     """One panel per run with induction heads, over training: the ICL removed (ablated − clean ICL score, paired per
     example) when all its induction heads are ablated at once (red), and when as many other heads are (grey: over the
     draws), beside the whole clean score, −ICL (black: what there is to remove). Bands: 95% bootstrap intervals over
-    examples (and draws); window shaded."""
+    examples (and draws); window shaded. Markers right of the curves: the same at the last snapshot on `r.final`'s windows."""
     results = {k: r for k, r in results.items() if r.sets is not None}
     fig, axs = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.3), sharey=True, squeeze=False, constrained_layout=True)
     for ax, (name, r) in zip(axs[0], results.items()):
@@ -443,6 +444,10 @@ def fig_sets(results: dict, min_tokens: float=2e5):
             m = np.array([mean_ci(x) for x in d[keep]])                     # [snapshot, (mean, lo, hi)]
             ax.plot(tok, m[:, 0], color=color, label=label)
             ax.fill_between(tok, m[:, 1], m[:, 2], color=color, alpha=0.2, lw=0)
+        f, x = r.final, tok[-1] * 1.25
+        for d, color in ((-f['clean'], 'k'), (f['ablated'] - f['clean'], 'tab:red'), (f['others'] - f['clean'][None], '0.5')):
+            m, lo, hi = mean_ci(d)
+            ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt='o', color=color, ms=4, capsize=2)
         shade(ax, r.window); tokens_axis(ax); ax.axhline(0, color='k', lw=0.5)
         ax.set_title(name, fontsize=10); ax.legend(fontsize=7)
     axs[0, 0].set_ylabel('ICL removed by the ablation, nats')
@@ -450,22 +455,30 @@ def fig_sets(results: dict, min_tokens: float=2e5):
 
 # %% ../nbs/07_arg3_ablation.ipynb #d0086b9c
 def mlp_text(results: dict, attn: str='attn-2L s0', mlp: str='mlp-2L s0') -> str:
-    "The 2-layer model with MLPs against the attention-only one: the same set ablation and per-head numbers, side by side."
+    "The 2-layer model with MLPs against the attention-only one: set and per-head ablation and the projections, side by side."
     if attn not in results or mlp not in results: return ''
     a, m = results[attn], results[mlp]
-    fa, fm = final_removed(a), final_removed(m)
-    ga, gm = final_removed(a, 'others'), final_removed(m, 'others')
-    la, lm = final_heads(a), final_heads(m)
-    big = lambda last: int((last[last.kind != 'induction'].pattern.abs() > 0.05).sum())
-    return (f"The MLP model forms {len(m.info['induction'])} induction head{'s' * (len(m.info['induction']) > 1)} "
-            f"({', '.join(f'{l}.{h}' for l, h in m.info['induction'])}). Ablating them together removes "
-            f"{_fmt_ci(*fm, fmt='{:.0%}')} of its final ICL score ({float(m.final['clean'].mean()):+.3f} nats), against "
-            f"{_fmt_ci(*fa, fmt='{:.0%}')} for the attention-only model's {len(a.info['induction'])}; as many other heads "
-            f"remove {_fmt_ci(*gm, fmt='{:.0%}')} (attention-only: {_fmt_ci(*ga, fmt='{:.0%}')}). Ablated alone, "
-            f"{big(lm)} of its {int((lm.kind != 'induction').sum())} other heads move the score by more than 0.05 nats "
-            f"(attention-only: {big(la)} of {int((la.kind != 'induction').sum())}). The MLPs read and rewrite the "
-            f"residual stream between the heads, so an ablation's effect is no longer a sum of paths through the heads "
-            f"alone; this is why the paper calls the MLP evidence only suggestive.")
+    pct = lambda f: _fmt_ci(*f, fmt='{:.0%}')
+    def single(r):            # each induction head's share of the final score, when ablated alone
+        last = final_heads(r)
+        return ', '.join(f"{h.pattern / -h.icl:.0%} ({int(h.layer)}.{int(h['head'])})" for _, h in last[last.kind == 'induction'].iterrows())
+    def sep(r):               # the induction heads' summed projection over the most negative other head's
+        last = final_heads(r)
+        return last[last.kind == 'induction'].pattern_proj.sum() / last[last.kind != 'induction'].pattern_proj.min()
+    n = len(m.info['induction'])
+    return (f"The MLP model forms {n} induction head{'s' * (n > 1)} ({', '.join(f'{l}.{h}' for l, h in m.info['induction'])}). "
+            f"Ablated together they remove {pct(final_removed(m))} of its final ICL score ({float(m.final['clean'].mean()):+.3f} "
+            f"nats; attention-only model: {pct(final_removed(a))}), so the set ablation gives the same answer. The rest of the "
+            f"evidence is weaker, which is what the paper warns of:\n\n"
+            f"- **One head at a time** the MLP model's induction heads remove {single(m)} of the score (attention-only: "
+            f"{single(a)}), less than together: the heads back each other up or the MLPs make up for a missing one (this "
+            f"chapter does not tell the two apart), so a per-head attribution alone would miss much of their role.\n"
+            f"- **Other heads matter more:** as many other heads, ablated together, remove {pct(final_removed(m, 'others'))} "
+            f"(attention-only: {pct(final_removed(a, 'others'))}).\n"
+            f"- **The before/after projection separates less:** the induction heads' projection is {sep(m):.1f}× the most "
+            f"negative other head's (attention-only: {sep(a):.1f}×).\n\n"
+            f"The MLPs read and rewrite the residual stream between the heads, so an ablation's effect is no longer a sum of "
+            f"paths through the heads; this is why the paper calls the evidence for models with MLPs only suggestive.")
 
 # %% ../nbs/07_arg3_ablation.ipynb #2ff7c8f8
 def comparison_table(results: dict) -> pd.DataFrame:
@@ -553,9 +566,9 @@ def speed_text(bench: dict, results: dict) -> str:
     s = (f"With {b['windows']} windows of {b['n_ctx']} tokens on {b['threads']} threads ({b['cpus']} cores), one snapshot of "
          f"the {b['layers']}-layer model ({b['layers'] * b['heads']} heads, both kinds) takes {b['fast_s']:.1f} s, against "
          f"{b['naive_s']:.1f} s the naive way ({b['naive_s'] / b['fast_s']:.1f}× faster); its {b['snapshots']} snapshots take "
-         f"{b['fast_s'] * b['snapshots'] / 60:.1f} min (the issue's target: 5).")
+         f"{b['fast_s'] * b['snapshots'] / 60:.1f} min (our budget: 5 min on 2 cores).")
     if 'run_sweep_s' in b:
         s += f" Timed directly, `sweep` over the {b['run_snapshots']} snapshots of a trained run took {b['run_sweep_s'] / 60:.1f} min."
     took = '; '.join(f"{k}: {r.info['seconds']['heads'] / 60:.0f} + {r.info['seconds']['sets'] / 60:.0f} min" for k, r in results.items())
     return s + (f" The results on this page were computed with one thread per process and two processes sharing the two "
-                f"cores with other work (per-head sweep + set ablation): {took}.")
+                f"cores with other work (per-head sweep + set ablation over training): {took}.")
