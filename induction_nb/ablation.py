@@ -17,17 +17,17 @@ from .model import ModelConfig, Transformer, per_token_loss
 from .train import Run, load_run, in_test, preset
 from .scores import icl_per_example, classify_heads
 from .sweep import add_measure, sweep, cached_arrays, measure_inputs, MEASURE_PARAMS
-from .experiment import RunTables, load_or_compute_each, shade, tokens_axis
+from .experiment import RunTables, load_or_compute_each, shade, tokens_axis, boot_means, mean_ci
 from .experiment import run_tables
 from .zoo import ZOO, has_window, head_window, train_zoo
 
 # %% auto #0
 __all__ = ['KINDS', 'ABLATION_KINDS', 'ABLATION_PARAMS', 'KIND_COLORS', 'zero_hooks', 'mean_hooks', 'freeze_hooks', 'z_means',
            'ablate', 'head_ablation_losses', 'before_after_direction', 'head_ablation_table', 'other_head_sets',
-           'set_ablation_icl', 'set_ablation', 'boot_means', 'mean_ci', 'removed_fraction', 'Ablation', 'head_classes',
-           'final_ablation', 'compute_ablation', 'ablation_windows', 'fig_head_heatmaps', 'fig_attribution',
-           'final_removed', 'final_heads', 'attribution_text', 'sets_text', 'zero_vs_pattern_text', 'fig_sets',
-           'mlp_text', 'comparison_table', 'agreement_text', 'ablation_setup', 'ablation_cmd', 'speed_text']
+           'set_ablation_icl', 'set_ablation', 'removed_fraction', 'Ablation', 'head_classes', 'final_ablation',
+           'compute_ablation', 'ablation_windows', 'fig_head_heatmaps', 'fig_attribution', 'final_removed',
+           'final_heads', 'attribution_text', 'sets_text', 'zero_vs_pattern_text', 'fig_sets', 'mlp_text',
+           'comparison_table', 'agreement_text', 'ablation_setup', 'ablation_cmd', 'speed_text']
 
 # %% ../nbs/07_arg3_ablation.ipynb #bf956b6d
 def _by_layer(heads) -> dict[int, list[int]]:
@@ -208,19 +208,6 @@ def set_ablation(run: Run, heads, n_draws: int=20, seed: int=0, kind: str='zero'
                 ablated=res[:, 1], others=res[:, 2:], heads=np.array(heads).reshape(-1, 2), other_sets=np.array(sets).reshape(len(sets), -1, 2))
 
 # %% ../nbs/07_arg3_ablation.ipynb #2c0d026c
-def boot_means(arrays, n_boot: int=1000, seed: int=0) -> list[np.ndarray]:
-    """Bootstrap means `[n_boot]` of each array in `arrays` (`[example]` or `[draw, example]`): examples are resampled
-    with the same indices for every array (paired), draws independently per array."""
-    arrays = [np.atleast_2d(np.asarray(a, dtype=float)) for a in arrays]
-    rng = np.random.default_rng(seed)
-    i = rng.integers(0, arrays[0].shape[1], (n_boot, arrays[0].shape[1]))
-    return [a[rng.integers(0, len(a), (n_boot, len(a)))[:, :, None], i[:, None, :]].mean((1, 2)) for a in arrays]
-
-def mean_ci(x, n_boot: int=1000, seed: int=0, ci: float=0.95) -> tuple[float, float, float]:
-    "`(mean, lo, hi)` of `x` (`[example]` or `[draw, example]`) with a percentile bootstrap interval (`boot_means`)."
-    lo, hi = np.quantile(boot_means([x], n_boot, seed)[0], [(1 - ci) / 2, (1 + ci) / 2])
-    return float(np.mean(x)), float(lo), float(hi)
-
 def removed_fraction(clean, ablated, n_boot: int=1000, seed: int=0, ci: float=0.95) -> tuple[float, float, float]:
     """`(fraction, lo, hi)`: the share of the ICL score an ablation removes, `1 − mean(ablated) / mean(clean)`, with a
     percentile bootstrap interval over examples (paired) and, when `ablated` is `[draw, example]`, over draws too."""

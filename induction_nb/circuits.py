@@ -14,7 +14,7 @@ from einops import einsum
 from .model import Transformer
 from .train import Run, load_run, in_test
 from .scores import _qk_ov, _ln_fold, composition_scores, ov_eigen_copying, attention_patterns, token_pool, classify_heads
-from .experiment import RunTables, load_or_compute, load_or_compute_each, shade, tokens_axis
+from .experiment import RunTables, load_or_compute, load_or_compute_each, shade, tokens_axis, boot_means
 from .phase import PhaseWindow          # also gives RunTables.window()
 from .zoo import train_zoo
 
@@ -172,11 +172,10 @@ def patching_summary(df: pd.DataFrame, n_boot: int=1000, seed: int=0, ci: float=
     and the share of the clean−corrupted gap each condition recovers (`*_recovered`, with intervals; sequences are
     resampled jointly across conditions)."""
     conds = list(dict.fromkeys(df.condition))
-    rng = np.random.default_rng(seed)
     rows = {}
     for m in ('attention', 'loss'):
         v = df.pivot(index='seq', columns='condition', values=m)[conds].to_numpy()  # [seq, condition]
-        boot = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)           # [boot, condition]
+        boot = np.stack(boot_means(list(v.T), n_boot, seed), axis=1)              # [boot, condition], paired
         rec = lambda x: (x - x[..., [1]]) / (x[..., [0]] - x[..., [1]])              # conditions 0, 1: clean, corrupted
         q = [(1 - ci) / 2, (1 + ci) / 2]
         for j, c in enumerate(conds):

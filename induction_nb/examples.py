@@ -14,7 +14,8 @@ from matplotlib.patches import Rectangle
 import torch
 from .data import encode, decode, BOS
 from .model import Transformer, per_token_loss
-from .ablation import ablate, mean_ci, head_classes
+from .experiment import mean_ci
+from .ablation import ablate, head_classes
 
 # %% auto #0
 __all__ = ['MATCHES', 'NAMES', 'VERBS', 'OBJECTS', 'SENTENCES', 'FILLERS', 'CATEGORIES', 'SHORT_NAMES', 'SUMMARY_COLS',

@@ -17,8 +17,8 @@ from .sweep import sweep, loss_by_position_table, pca_loss_vectors
 
 # %% auto #0
 __all__ = ['TABLE_MEASURES', 'WINDOW_STYLE', 'RunTables', 'load_results', 'run_tables', 'runs_dir', 'load_or_compute',
-           'load_or_compute_each', 'shade', 'tokens_axis', 'run_color', 'smoothed_train_loss', 'seed_groups',
-           'plot_head_scores', 'plot_composition']
+           'load_or_compute_each', 'boot_means', 'mean_ci', 'shade', 'tokens_axis', 'run_color', 'smoothed_train_loss',
+           'seed_groups', 'plot_head_scores', 'plot_composition']
 
 # %% ../nbs/03c_experiment.ipynb #2b1723d5
 @dataclass
@@ -127,6 +127,20 @@ def load_or_compute_each(results_dir, tables: list[RunTables], compute: Callable
             paths[k].parent.mkdir(parents=True, exist_ok=True)
             save(r, paths[k])
     return out
+
+# %% ../nbs/03c_experiment.ipynb #1ece8fd6
+def boot_means(arrays, n_boot: int=1000, seed: int=0) -> list[np.ndarray]:
+    """Bootstrap means `[n_boot]` of each array in `arrays` (`[example]` or `[draw, example]`): examples are resampled
+    with the same indices for every array (paired), draws independently per array."""
+    arrays = [np.atleast_2d(np.asarray(a, dtype=float)) for a in arrays]
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, arrays[0].shape[1], (n_boot, arrays[0].shape[1]))
+    return [a[rng.integers(0, len(a), (n_boot, len(a)))[:, :, None], i[:, None, :]].mean((1, 2)) for a in arrays]
+
+def mean_ci(x, n_boot: int=1000, seed: int=0, ci: float=0.95) -> tuple[float, float, float]:
+    "`(mean, lo, hi)` of `x` (`[example]` or `[draw, example]`) with a percentile bootstrap interval (`boot_means`)."
+    lo, hi = np.quantile(boot_means([x], n_boot, seed)[0], [(1 - ci) / 2, (1 + ci) / 2])
+    return float(np.mean(x)), float(lo), float(hi)
 
 # %% ../nbs/03c_experiment.ipynb #eda003fb
 WINDOW_STYLE = dict(color='tab:orange', alpha=0.15, lw=0)
