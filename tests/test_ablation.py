@@ -2,18 +2,11 @@
 of the 2-layer zoo model, ablates every head at every snapshot and finds that its induction heads carry most of what
 its repeated tokens gain from context (about a minute on 2 CPU cores)."""
 import pytest
-import torch
 from induction_nb.cli import main
 from induction_nb.ablation import Ablation, final_removed
 
 
-@pytest.fixture(autouse=True)
-def synthetic(monkeypatch):
-    "The zoo's synthetic stand-ins (as under nbdev_test), one torch thread."
-    monkeypatch.setenv('INDUCTION_NB_TEST', '1')
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('synthetic')     # the zoo's synthetic stand-ins, one thread (conftest.py)
 
 
 def test_ablation_command(tmp_path, capsys):

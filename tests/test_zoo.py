@@ -1,19 +1,12 @@
 """The zoo (nbs/05_arg1_cooccurrence.ipynb): `train_zoo` reuses finished runs and resumes interrupted ones, and the
 smeared key lets a 1-layer model do what a plain 1-layer model cannot (synthetic stand-ins, about a minute)."""
 import pytest
-import torch
 from induction_nb.train import train, load_run, preset
 from induction_nb.scores import prefix_matching_scores, probe_windows, token_pool
 from induction_nb import zoo
 
 
-@pytest.fixture(autouse=True)
-def synthetic(monkeypatch):
-    "The zoo's synthetic stand-ins (as under nbdev_test), one torch thread."
-    monkeypatch.setenv('INDUCTION_NB_TEST', '1')
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('synthetic')     # the zoo's synthetic stand-ins, one thread (conftest.py)
 
 
 def test_train_zoo_resumes_then_reuses(tmp_path, capsys):
