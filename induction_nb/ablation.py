@@ -14,11 +14,10 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm.auto import tqdm
 from .model import ModelConfig, Transformer, per_token_loss
-from .train import Run, load_run, in_test, preset
+from .train import Run, in_test, preset
 from .scores import icl_per_example, classify_heads
 from .sweep import add_measure, sweep, cached_arrays, measure_inputs, MEASURE_PARAMS
-from .experiment import RunTables, load_or_compute_each, shade, tokens_axis, boot_means, mean_ci
-from .experiment import run_tables
+from .experiment import RunTables, run_tables, load_or_compute_each, shade, tokens_axis, boot_means, mean_ci
 from .zoo import ZOO, has_window, head_window, train_zoo
 
 # %% auto #0
