@@ -63,7 +63,7 @@ def freeze_hooks(patterns: dict) -> list:
 def z_means(model: Transformer, tokens: torch.Tensor, chunk: int=32) -> torch.Tensor:
     "Each head's output `z` averaged over batch and positions of `tokens`: `[layer, head, d_head]` (for mean-ablation)."
     names = [f'blocks.{l}.attn.hook_z' for l in range(model.cfg.n_layers)]
-    total = 0
+    total, tokens = 0, tokens.to(model.device)
     for t in tokens.split(chunk):
         _, c = model.run_with_cache(t, names)
         total = total + torch.stack([c[n].sum((0, 1)) for n in names])
@@ -86,6 +86,7 @@ def ablate(model: Transformer, tokens: torch.Tensor, heads, kind: str='zero', z_
     `'pattern'` (pattern-preserving) runs once to save every attention pattern, then again with all patterns frozen to
     those and the heads' outputs zeroed, so only paths *through their outputs* are removed."""
     _check(model, heads, kind)
+    tokens = tokens.to(model.device)
     if kind == 'mean': hooks = mean_hooks(heads, z_means(model, tokens) if z_mean is None else z_mean)
     else: hooks = zero_hooks(heads)
     if kind == 'pattern':
@@ -102,7 +103,7 @@ def head_ablation_losses(model: Transformer, windows: torch.Tensor, kinds=('zero
     head's run starts at its own layer from the cached residual stream (`start_at_layer`), and for the last layer
     pattern-preserving ablation *is* zero ablation (no later layer reads a pattern), so it is computed once."""
     for k in kinds: _check(model, [], k)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+    L, H, windows = model.cfg.n_layers, model.cfg.n_heads, windows.to(model.device)
     z_mean = z_means(model, windows[:, :-1], chunk) if 'mean' in kinds else None
     out = {k: [] for k in ('clean', *kinds)}
     for w in tqdm(windows.split(chunk), desc='ablation', disable=not progress):
@@ -111,7 +112,7 @@ def head_ablation_losses(model: Transformer, windows: torch.Tensor, kinds=('zero
         if 'pattern' in kinds: names += [f'blocks.{l}.attn.hook_pattern' for l in range(1, L)]
         logits, c = model.run_with_cache(x, names)
         out['clean'].append(per_token_loss(model, w, logits))
-        losses = {k: torch.empty(L, H, *x.shape) for k in kinds}      # [layer, head, batch, pos]
+        losses = {k: torch.empty(L, H, *x.shape, device=x.device) for k in kinds}      # [layer, head, batch, pos]
         for l, h, kind in itertools.product(range(L), range(H), kinds):
             if kind == 'pattern' and l == L - 1 and 'zero' in kinds: losses[kind][l, h] = losses['zero'][l, h]; continue
             hooks = mean_hooks([(l, h)], z_mean) if kind == 'mean' else zero_hooks([(l, h)])
@@ -129,7 +130,7 @@ def _ablation(model: Transformer, inputs: dict) -> dict:
     p = inputs['params']
     r = head_ablation_losses(model, inputs['icl'], ABLATION_KINDS, chunk=p['chunk'])
     icl = lambda ptl: icl_per_example(ptl, p['early'], p['late'], p['band'])
-    win, pos = (torch.as_tensor(i) for i in inputs['pca'])
+    win, pos = (torch.as_tensor(i, device=r['clean'].device) for i in inputs['pca'])
     out = {}
     for k in ABLATION_KINDS:
         d = icl(r[k]) - icl(r['clean'])                               # [layer, head, example]
@@ -184,10 +185,10 @@ def other_head_sets(heads, n_layers: int, n_heads: int, n_draws: int=20, seed: i
 def set_ablation_icl(model: Transformer, windows: torch.Tensor, head_sets, kind: str='zero', chunk: int=32,
                      **icl_kw) -> np.ndarray:
     "Per-example ICL scores `[1 + len(head_sets), example]`: the clean model's, then with each set of heads ablated together."
-    rows = []
+    rows, windows = [], windows.to(model.device)
     for heads in [[]] + list(head_sets):
         ptl = torch.cat([per_token_loss(model, w, ablate(model, w[:, :-1], heads, kind)) for w in windows.split(chunk)])
-        rows.append(icl_per_example(ptl, **icl_kw).numpy())
+        rows.append(icl_per_example(ptl, **icl_kw).cpu().numpy())
     return np.stack(rows)
 
 def set_ablation(run: Run, heads, n_draws: int=20, seed: int=0, kind: str='zero', steps=None, progress: bool=True,

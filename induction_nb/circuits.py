@@ -49,20 +49,20 @@ def circuit_pool(corpus, min_count: int=100) -> np.ndarray:
 
 def eigen_ratio(lam) -> float:
     "`Re(Σλ)/Σ|λ|` of eigenvalues `lam`: 1 when all are positive reals (copying / matching), −1 when all negative."
-    lam = torch.as_tensor(lam)
+    lam = torch.as_tensor(lam, device=lam.device if torch.is_tensor(lam) else 'cpu')
     return float(lam.real.sum() / lam.abs().sum().clamp_min(1e-30))
 
 @torch.no_grad()
 def ov_eigenvalues(model: Transformer, layer: int, head: int, pool=None) -> torch.Tensor:
     """Eigenvalues of one head's full OV circuit `W_E W_V W_O W_U` (LayerNorm centring and gains folded in, `1/σ` ignored),
     vocabulary restricted to `pool`: complex `[d_head]`, from the `d_head × d_head` matrix `W_O W_U W_E W_V`."""
-    d, W_E, W_U = model.cfg.d_model, model.W_E, model.W_U
+    d, W_E, W_U, dev = model.cfg.d_model, model.W_E, model.W_U, model.device
     if pool is not None:
-        pool = torch.as_tensor(np.asarray(pool), dtype=torch.long)
+        pool = torch.as_tensor(np.asarray(pool), dtype=torch.long, device=dev)
         W_E, W_U = W_E[pool], W_U[:, pool]
     blk = model.blocks[layer]
-    UE = _ln_fold(model.ln_final, d) @ W_U @ W_E                                   # [d_model, d_model]
-    V = _ln_fold(blk.ln1, d) @ blk.attn.W_V[head]                                  # [d_model, d_head]
+    UE = _ln_fold(model.ln_final, d, dev) @ W_U @ W_E                              # [d_model, d_model]
+    V = _ln_fold(blk.ln1, d, dev) @ blk.attn.W_V[head]                                  # [d_model, d_head]
     return torch.linalg.eigvals((blk.attn.W_O[head] @ UE @ V).double())            # [d_head]
 
 # %% ../nbs/09_arg5_mechanism.ipynb #0905fcfd
@@ -73,7 +73,7 @@ def qk_token_circuit(model: Transformer, layer: int, head: int, pool=None) -> to
     centring and gains folded, `1/σ`, `1/√d_head` and every positional term left out). Vocabulary restricted to `pool`."""
     qk, ov = _qk_ov(model)                                                         # [layer, head, d_model, d_model]
     E = model.W_E.detach()
-    if pool is not None: E = E[torch.as_tensor(np.asarray(pool), dtype=torch.long)]
+    if pool is not None: E = E[torch.as_tensor(np.asarray(pool), dtype=torch.long, device=E.device)]
     return einsum(E, qk[layer, head], ov[:layer], E, 'a d, d e, l h f e, b f -> l h a b')
 
 def qk_trace(model: Transformer, layer: int, head: int, pool=None) -> torch.Tensor:
@@ -84,7 +84,7 @@ def weighted_qk(model: Transformer, layer: int, head: int, prev, pool=None) -> t
     """`(Σ_p prev_p · trace_p, eigen_ratio(Σ_p prev_p · M_p))`: the paper's prev-weighted trace term and its scale-free
     version, with `prev` the earlier heads' previous-token scores `[layer1, head1]` (`layer1 < layer`)."""
     M = qk_token_circuit(model, layer, head, pool)                                 # [layer1, head1, a, b]
-    w = torch.as_tensor(np.asarray(prev, dtype=np.float32))[:layer]
+    w = torch.as_tensor(np.asarray(prev, dtype=np.float32), device=M.device)[:layer]
     Mw = einsum(w, M, 'l h, l h a b -> a b')
     return float(Mw.trace()), eigen_ratio(torch.linalg.eigvals(Mw.double()))
 
@@ -128,6 +128,7 @@ def path_patch(model: Transformer, clean: torch.Tensor, corrupt: torch.Tensor, r
     if any(l >= L for l, _ in senders): raise ValueError(f"senders must be in layers before the receiver's ({L}): {list(senders)}")
     if not into or set(into) - set('qkv'): raise ValueError(f"into must be made of 'q', 'k', 'v'; got {into!r}")
     results = [f'blocks.{l}.attn.hook_result' for l in range(L)]
+    clean, corrupt = clean.to(model.device), corrupt.to(model.device)
     _, cc = model.run_with_cache(clean, names_filter=results)
     _, xc = model.run_with_cache(corrupt, names_filter=results + [f'blocks.{L}.hook_resid_pre', 'hook_pos_embed'])
     resid = xc[f'blocks.{L}.hook_resid_pre'].clone()                                # [batch, pos, d_model]
@@ -150,7 +151,7 @@ def patch_metrics(logits: torch.Tensor, pattern: torch.Tensor, clean: torch.Tens
     `[batch, head, q, k]`), and `loss`, the mean loss at `queries` of predicting the clean next token."""
     att = pattern[:, head, queries, targets].mean(-1)                              # [batch]
     lp = F.cross_entropy(logits[:, queries].flatten(0, 1).float(), clean[:, np.asarray(queries) + 1].flatten(), reduction='none')
-    return pd.DataFrame(dict(seq=np.arange(len(clean)), attention=att.numpy(), loss=lp.view(len(clean), -1).mean(-1).numpy()))
+    return pd.DataFrame(dict(seq=np.arange(len(clean)), attention=att.cpu().numpy(), loss=lp.view(len(clean), -1).mean(-1).cpu().numpy()))
 
 PATHS = {'key': 'k', 'query': 'q', 'value': 'v', 'q+k+v': 'qkv'}
 
@@ -160,6 +161,7 @@ def path_patching(model: Transformer, clean: torch.Tensor, corrupt: torch.Tensor
     """`patch_metrics` of every sequence under each condition: `clean`, `corrupted`, all `senders` patched into the
     receiver's key, query, value or all three (`PATHS`), and each sender alone into the key ('key ← L.H')."""
     L, h = receiver
+    clean, corrupt = clean.to(model.device), corrupt.to(model.device)
     runs = {'clean': (clean, clean, [], 'k'), 'corrupted': (clean, corrupt, [], 'k')}
     runs |= {name: (clean, corrupt, list(senders), into) for name, into in PATHS.items()}
     runs |= {f'key ← {l}.{s}': (clean, corrupt, [(l, s)], 'k') for l, s in senders}
@@ -189,7 +191,7 @@ def patching_summary(df: pd.DataFrame, n_boot: int=1000, seed: int=0, ci: float=
 def attention_by_offset(pattern: torch.Tensor, max_offset: int=8) -> torch.Tensor:
     """Mean attention from each query `q ≥ max_offset` to key `q − d`, for `d = 0…max_offset`: `[..., max_offset+1]`
     from `pattern` `[..., q, k]` (offset 1 is the previous-token score, restricted to those queries)."""
-    q = torch.arange(max_offset, pattern.shape[-2])
+    q = torch.arange(max_offset, pattern.shape[-2], device=pattern.device)
     return torch.stack([pattern[..., q, q - d].mean(-1) for d in range(max_offset + 1)], -1)
 
 # %% ../nbs/09_arg5_mechanism.ipynb #f1f54321
@@ -234,7 +236,7 @@ def mechanism_results(run: Run, t: RunTables, receiver: tuple[int, int], n_seqs:
     eigs = pd.DataFrame([dict(layer=l, head=h, re=float(z.real), im=float(z.imag)) for l in range(cfg.n_layers)
                          for h in range(cfg.n_heads) for z in ov_eigenvalues(model, l, h, pool)])
     val = corpus.batch('val', cfg.n_ctx, 16, seed=seed)[:, :cfg.n_ctx]
-    off = attention_by_offset(attention_patterns(model, val).mean(1))              # [layer, head, offset]
+    off = attention_by_offset(attention_patterns(model, val).mean(1)).cpu()        # [layer, head, offset]
     offsets = pd.DataFrame([dict(layer=l, head=h, offset=d, attention=float(off[l, h, d]))
                             for l, h, d in np.ndindex(*off.shape)])
     clean = repeated_windows(corpus, min(64, (cfg.n_ctx - 1) // 2), n_seqs, seed=seed + 1)
@@ -242,7 +244,7 @@ def mechanism_results(run: Run, t: RunTables, receiver: tuple[int, int], n_seqs:
     L, h = receiver
     senders = [(l, s) for l in range(L) for s in range(cfg.n_heads)]
     patching = path_patching(model, clean, corrupt, queries, targets, receiver, senders)
-    one = lambda x, into, snd: path_patch(model, clean[:1], x[:1], receiver, snd, into)[1][0, h].numpy()
+    one = lambda x, into, snd: path_patch(model, clean[:1], x[:1], receiver, snd, into)[1][0, h].cpu().numpy()
     patterns = dict(tokens=clean[0].numpy(), corrupt_tokens=corrupt[0].numpy(), queries=queries, targets=targets,
                     clean=one(clean, 'k', []), corrupted=one(corrupt, 'k', []),
                     key=one(corrupt, 'k', senders), query=one(corrupt, 'q', senders))

@@ -21,7 +21,7 @@ BOS = 0        # byte 0 never occurs in text; it starts every window
 def encode(text: str|bytes) -> torch.Tensor:
     "Bytes of `text` (UTF-8) as a `[pos]` int64 tensor, *without* BOS."
     b = text.encode('utf-8') if isinstance(text, str) else bytes(text)
-    return torch.tensor(list(b), dtype=torch.long)
+    return torch.tensor(list(b), dtype=torch.long, device='cpu')       # data lives on the host; models move it
 
 def decode(tokens) -> str:
     "Inverse of `encode`; BOS tokens are dropped, invalid UTF-8 shown as `�`."

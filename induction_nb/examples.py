@@ -27,7 +27,7 @@ __all__ = ['MATCHES', 'NAMES', 'VERBS', 'OBJECTS', 'SENTENCES', 'FILLERS', 'CATE
 # %% ../nbs/08_arg4_generality.ipynb #eed1d418
 def to_tokens(text: str|bytes) -> torch.Tensor:
     "A prompt as one model input `[1, 1 + n_bytes]`: BOS, then the UTF-8 bytes of `text` (byte `b` sits at index `b + 1`)."
-    return torch.cat([torch.tensor([BOS]), encode(text)])[None]
+    return torch.cat([torch.tensor([BOS], device='cpu'), encode(text)])[None]     # data: on the host, like every batch
 
 def from_tokens(tokens) -> str:
     "The text of `tokens` (`[pos]` or `[1, pos]`), BOS dropped: the inverse of `to_tokens`."
@@ -200,7 +200,7 @@ def run_prompt(model: Transformer, p: Prompt, heads, kind: str='pattern', head=N
     `[n_bytes]` (entry `b`: the loss of predicting byte `b`), and `pattern` `[n_bytes, 1 + n_bytes]`: the attention of
     `head` (default: the first of `heads`) from the query that predicts byte `b` to each key (key 0 is BOS, key `s + 1`
     is byte `s`)."""
-    t = p.tokens                                                          # [1, 1 + n_bytes]
+    t = p.tokens.to(model.device)                                         # [1, 1 + n_bytes]
     if t.shape[1] - 1 > model.cfg.n_ctx: raise ValueError(
         f"{p!r} is longer than the model's context ({model.cfg.n_ctx} tokens); shorten it")
     if t.max() >= model.cfg.d_vocab: raise ValueError(f"{p!r} has bytes beyond the model's vocabulary ({model.cfg.d_vocab})")
@@ -208,8 +208,8 @@ def run_prompt(model: Transformer, p: Prompt, heads, kind: str='pattern', head=N
     x = t[:, :-1]
     logits, cache = model.run_with_cache(x, f'blocks.{l}.attn.hook_pattern')
     pat = cache[f'blocks.{l}.attn.hook_pattern'][0, h]                    # [q, k] = [n_bytes, n_bytes]
-    return dict(clean=per_token_loss(model, t, logits)[0].numpy(), ablated=per_token_loss(model, t, ablate(model, x, heads, kind))[0].numpy(),
-                pattern=np.pad(pat.numpy(), ((0, 0), (0, 1))))           # one more key column: the last byte, never a key
+    return dict(clean=per_token_loss(model, t, logits)[0].cpu().numpy(), ablated=per_token_loss(model, t, ablate(model, x, heads, kind))[0].cpu().numpy(),
+                pattern=np.pad(pat.cpu().numpy(), ((0, 0), (0, 1))))           # one more key column: the last byte, never a key
 
 # %% ../nbs/08_arg4_generality.ipynb #1d7042e7
 def prompt_rows(p: Prompt, r: dict) -> pd.DataFrame:

@@ -235,8 +235,10 @@ def run_with_cache(self: Transformer, tokens, names_filter=None, detach: bool=Tr
 def per_token_loss(model: Transformer, windows: torch.Tensor, logits: torch.Tensor|None=None,
                    chunk: int|None=None) -> torch.Tensor:
     """Cross-entropy `[batch, pos]` of predicting `windows[:, 1:]` from `windows[:, :-1]` (pass `logits` to reuse them).
-    With `chunk`, the model reads that many windows at a time, without gradients: the form every evaluation uses."""
+    With `chunk`, the model reads that many windows at a time, without gradients: the form every evaluation uses.
+    `windows` may live on any device: they are moved to the model's (the result is on the model's device)."""
     if chunk is not None and logits is None:
         with torch.no_grad(): return torch.cat([per_token_loss(model, w) for w in windows.split(chunk)])
+    windows = windows.to(model.device if logits is None else logits.device)
     if logits is None: logits = model(windows[:, :-1])
     return F.cross_entropy(rearrange(logits.float(), 'b p v -> b v p'), windows[:, 1:], reduction='none')

@@ -45,12 +45,16 @@ def _icl_args(n_pos: int, early, late, band):
     if band < 0: raise ValueError(f"band must be >= 0, got {band}")
     return early, late, band
 
+def _f64(x) -> torch.Tensor:
+    "`x` as float64, on its own device if it is a tensor (else the CPU's)."
+    return torch.as_tensor(x, dtype=torch.float64, device=x.device if torch.is_tensor(x) else 'cpu')
+
 def _band_mean(ptl: torch.Tensor, i: int, band: int) -> torch.Tensor:
     return ptl[..., max(0, i - band):min(ptl.shape[-1], i + band + 1)].mean(-1)
 
 def icl_per_example(ptl, early: int|None=None, late: int|None=None, band: int|None=None) -> torch.Tensor:
     "ICL score of each example: band-mean loss at `late` minus band-mean loss at `early`; `ptl` is `[batch, pos]`."
-    ptl = torch.as_tensor(ptl, dtype=torch.float64)
+    ptl = _f64(ptl)
     early, late, band = _icl_args(ptl.shape[-1], early, late, band)
     return _band_mean(ptl, late, band) - _band_mean(ptl, early, band)
 
@@ -59,7 +63,7 @@ def icl_score(ptl, early: int|None=None, late: int|None=None, band: int|None=Non
 
     `ptl` is a per-token loss `[batch, pos]` (averaged over the batch) or a loss-by-position curve `[pos]`.
     Defaults: `default_icl_indices(pos)` and `default_band(pos)`; positions outside `0..pos-1` are clipped."""
-    ptl = torch.as_tensor(ptl, dtype=torch.float64)
+    ptl = _f64(ptl)
     if ptl.dim() == 2: ptl = ptl.mean(0)
     if ptl.dim() != 1: raise ValueError(f"ptl must be [batch, pos] or [pos], got shape {tuple(ptl.shape)}")
     return float(icl_per_example(ptl, early, late, band))
@@ -67,7 +71,7 @@ def icl_score(ptl, early: int|None=None, late: int|None=None, band: int|None=Non
 def icl_score_ci(ptl, early: int|None=None, late: int|None=None, band: int|None=None,
                  n_boot: int=1000, seed: int=0, ci: float=0.95) -> tuple[float, float, float]:
     "`(score, lo, hi)`: `icl_score` and a percentile bootstrap `ci` interval over examples (rows of `ptl` `[batch, pos]`)."
-    ptl = torch.as_tensor(ptl, dtype=torch.float64)
+    ptl = _f64(ptl)
     if ptl.dim() != 2 or ptl.shape[0] < 2: raise ValueError(
         f"icl_score_ci needs per-example losses [batch >= 2, pos] to resample; got shape {tuple(ptl.shape)}")
     d = icl_per_example(ptl, early, late, band).numpy()
@@ -121,7 +125,7 @@ def probe_windows(pool, n_seqs: int=10, block: int=25, n_repeats: int=4, seed: i
 def attention_patterns(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     "Attention patterns of every layer on `tokens[:, :n_ctx]`: `[layer, batch, head, query, key]`."
     names = [f'blocks.{l}.attn.hook_pattern' for l in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(tokens[:, :model.cfg.n_ctx], names_filter=names)
+    _, cache = model.run_with_cache(tokens[:, :model.cfg.n_ctx].to(model.device), names_filter=names)
     return torch.stack([cache[n] for n in names])
 
 # %% ../nbs/03a_scores.ipynb #b397a71c
@@ -160,7 +164,7 @@ def score_from_pattern(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 def head_scores(model: Transformer, tokens: torch.Tensor, mask_fn=induction_mask, chunk: int=16) -> torch.Tensor:
     """`score_from_pattern` of every head, `[layer, head]`, on `tokens[:, :n_ctx]` with the mask `mask_fn(tokens)`,
     `chunk` windows at a time (pooled over all their queries, so the chunk size does not change the score)."""
-    tokens = tokens[:, :model.cfg.n_ctx]
+    tokens = tokens[:, :model.cfg.n_ctx].to(model.device)    # masks are built where the patterns are
     num, den = 0., 0
     for t in tokens.split(chunk):
         mask = mask_fn(t)
@@ -183,10 +187,11 @@ def previous_token_scores(model: Transformer, windows: torch.Tensor, chunk: int=
     return head_scores(model, windows, previous_token_mask, chunk)
 
 # %% ../nbs/03a_scores.ipynb #21395117
-def _ln_fold(ln, d_model: int) -> torch.Tensor:
-    "The linear part of a LayerNorm as a `[d_model, d_model]` matrix: centring times gain (its `1/σ` scale is ignored)."
-    if not getattr(ln, 'on', False): return torch.eye(d_model)
-    P = torch.eye(d_model) - 1 / d_model
+def _ln_fold(ln, d_model: int, device=None) -> torch.Tensor:
+    """The linear part of a LayerNorm as a `[d_model, d_model]` matrix: centring times gain (its `1/σ` scale is ignored),
+    on the LayerNorm's device (or `device` when it has no gain)."""
+    if not getattr(ln, 'on', False): return torch.eye(d_model, device=device)
+    P = torch.eye(d_model, device=ln.w.device) - 1 / d_model
     return P * ln.w.detach()[None, :]                       # x ↦ (x P) ⊙ w
 
 @torch.no_grad()
@@ -195,12 +200,13 @@ def copying_scores(model: Transformer, pool=None, n_samples: int=10, block: int=
     """The paper's copying score of every head, `[layer, head]`: direct-path logits of the head reading token `s`,
     restricted to `block` sampled pool tokens, minus their mean, ReLU, fraction on `s`; averaged over tokens and
     `n_samples` samples (`raw`, in [0, 1]) and mapped by `clip(4·raw − 1, −1, 1)` to [-1, 1] (unless `raw=True`)."""
-    pool = torch.as_tensor(np.arange(1, model.cfg.d_vocab) if pool is None else np.asarray(pool), dtype=torch.long)
+    dev = model.device
+    pool = torch.as_tensor(np.arange(1, model.cfg.d_vocab) if pool is None else np.asarray(pool), dtype=torch.long, device=dev)
     if len(pool) < block: raise ValueError(f"The pool has {len(pool)} tokens, fewer than block={block}.")
-    fold_f = _ln_fold(model.ln_final, model.cfg.d_model)
+    fold_f = _ln_fold(model.ln_final, model.cfg.d_model, dev)
     W_U = fold_f @ model.W_U[:, pool]                                            # [d_model, P]
     rng = np.random.default_rng(seed)
-    samples = torch.as_tensor(np.stack([rng.choice(len(pool), block, replace=False) for _ in range(n_samples)]))
+    samples = torch.as_tensor(np.stack([rng.choice(len(pool), block, replace=False) for _ in range(n_samples)]), device=dev)
     out = []
     for blk in model.blocks:
         x = blk.ln1(model.W_E[pool])                                     # [P, d_model]
@@ -219,15 +225,15 @@ def ov_eigen_copying(model: Transformer, pool=None) -> torch.Tensor:
     """`Re(Σλ)/Σ|λ|` over the eigenvalues λ of each head's full OV circuit `W_E W_V W_O W_U` (LayerNorm centring and
     gains folded in, `1/σ` ignored), computed on the `d_head × d_head` matrix `W_O W_U W_E W_V` (same nonzero
     eigenvalues). `pool` restricts the vocabulary (default: all tokens). Returns `[layer, head]`."""
-    d = model.cfg.d_model
+    d, dev = model.cfg.d_model, model.device
     W_E, W_U = model.W_E, model.W_U
     if pool is not None:
-        pool = torch.as_tensor(np.asarray(pool), dtype=torch.long)
+        pool = torch.as_tensor(np.asarray(pool), dtype=torch.long, device=dev)
         W_E, W_U = W_E[pool], W_U[:, pool]
-    UE = (_ln_fold(model.ln_final, d) @ W_U @ W_E).double()                      # [d_model, d_model]
+    UE = (_ln_fold(model.ln_final, d, dev) @ W_U @ W_E).double()                 # [d_model, d_model]
     out = []
     for blk in model.blocks:
-        V = (_ln_fold(blk.ln1, d) @ blk.attn.W_V).double()                       # [head, d_model, d_head]
+        V = (_ln_fold(blk.ln1, d, dev) @ blk.attn.W_V).double()                       # [head, d_model, d_head]
         M = blk.attn.W_O.double() @ UE @ V                                       # [head, d_head, d_head]
         lam = torch.linalg.eigvals(M)
         out.append(lam.real.sum(-1) / lam.abs().sum(-1).clamp_min(1e-30))
@@ -238,7 +244,7 @@ def _qk_ov(model: Transformer) -> tuple[torch.Tensor, torch.Tensor]:
     "`(W_QK, W_OV)`, each `[layer, head, d_model, d_model]`, with each layer's input LayerNorm folded in (scale ignored)."
     d, qk, ov = model.cfg.d_model, [], []
     for blk in model.blocks:
-        f = _ln_fold(blk.ln1, d)
+        f = _ln_fold(blk.ln1, d, model.device)
         a = blk.attn
         qk.append((f @ a.W_Q) @ (f @ a.W_K).transpose(-1, -2))
         ov.append((f @ a.W_V) @ a.W_O)
@@ -257,7 +263,8 @@ def composition_scores(model: Transformer, kind: str='K') -> torch.Tensor:
     prod = einsum(ov, M, 'l1 h1 a b, l2 h2 b c -> l2 h2 l1 h1 a c').flatten(-2).norm(dim=-1)
     norm = M.flatten(-2).norm(dim=-1)[:, :, None, None] * ov.flatten(-2).norm(dim=-1)[None, None]
     out = prod / norm.clamp_min(1e-30)
-    later = torch.arange(L)[:, None, None, None] > torch.arange(L)[None, None, :, None]
+    l = torch.arange(L, device=out.device)
+    later = l[:, None, None, None] > l[None, None, :, None]
     return out.masked_fill(~later.expand_as(out), float('nan'))
 
 # %% ../nbs/03a_scores.ipynb #069cf9fe

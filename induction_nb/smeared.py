@@ -25,7 +25,7 @@ __all__ = ['smear_sigma', 'smear_table', 'load_or_compute_smear', 'fig_plain_vs_
 def smear_sigma(model: Transformer, inputs=None) -> torch.Tensor:
     """Each head's learned `σ(α)`, `[layer, head]`: its key is `σ(α)·k_j + (1 − σ(α))·k_{j−1}`, so 1 is an ordinary key
     and values below 0.5 mean the key mostly carries the *previous* token. NaN for a model without a smeared key."""
-    if not model.cfg.smeared_key: return torch.full((model.cfg.n_layers, model.cfg.n_heads), float('nan'))
+    if not model.cfg.smeared_key: return torch.full((model.cfg.n_layers, model.cfg.n_heads), float('nan'), device=model.device)
     return torch.stack([torch.sigmoid(b.attn.smear.detach()) for b in model.blocks])
 
 add_measure('smear_sigma', smear_sigma)

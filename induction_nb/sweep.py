@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from .model import Transformer, per_token_loss
-from .train import atomic_write, load_run, read_safetensors_header, CorruptFileError
+from .train import atomic_write, load_run, read_safetensors_header, CorruptFileError, resolve_device
 from .scores import (icl_score_ci, token_pool, probe_windows, attention_patterns, prefix_matching_scores,
                                  previous_token_scores, copying_scores, ov_eigen_copying, composition_scores)
 
@@ -65,7 +65,7 @@ def measure_inputs(corpus, n_ctx: int, **params) -> dict:
 def _icl(model, inputs):
     "ICL score with its bootstrap interval, mean loss, loss by position and the PCA's losses, from one forward pass."
     p = inputs['params']
-    ptl = per_token_loss(model, inputs['icl'], chunk=p['chunk'])                 # [window, pos]
+    ptl = per_token_loss(model, inputs['icl'], chunk=p['chunk']).cpu()           # [window, pos]; one copy to the host
     s, lo, hi = icl_score_ci(ptl, p['early'], p['late'], p['band'], n_boot=p['n_boot'])
     return {'scalar/icl': s, 'scalar/icl_lo': lo, 'scalar/icl_hi': hi, 'scalar/loss': float(ptl.mean()),
             'array/loss_by_position': ptl.mean(0), 'array/pca_losses': ptl[inputs['pca']]}
@@ -99,7 +99,7 @@ def measure_snapshot(model: Transformer, inputs: dict, measures=None) -> dict[st
         r = m.fn(model, inputs)
         r = r if isinstance(r, dict) else {m.keys[0]: r}
         if set(r) != set(m.keys): raise ValueError(f"Measure {name!r} returned keys {sorted(r)}, but declares {list(m.keys)}")
-        out.update({k: np.asarray(v.detach() if torch.is_tensor(v) else v) for k, v in r.items()})
+        out.update({k: np.asarray(v.detach().cpu() if torch.is_tensor(v) else v) for k, v in r.items()})
     return out
 
 # %% ../nbs/03b_sweep.ipynb #4349cd47
@@ -139,7 +139,7 @@ def _load_cached(f, load):
         return None
 
 # %% ../nbs/03b_sweep.ipynb #7fa2ba87
-def _sweep_records(run, measures, steps, progress, cache_dir, params) -> tuple[list, dict]:
+def _sweep_records(run, measures, steps, progress, cache_dir, params, device=None) -> tuple[list, dict]:
     "Per-step dicts of measure arrays, computing (and caching) what is missing; returns `(records, stats)`."
     measures, p = _check_measures(measures), _params(params)
     steps = run.steps if steps is None else list(steps)
@@ -153,8 +153,11 @@ def _sweep_records(run, measures, steps, progress, cache_dir, params) -> tuple[l
         todo = [m for m in measures if not all(k in rec for k in MEASURES[m].keys)]
         if todo:
             t0 = time.perf_counter()
-            if inputs is None: inputs = measure_inputs(run.corpus(), run.config.model.n_ctx, **params)
-            rec.update(measure_snapshot(run.load(step), inputs, todo))
+            if inputs is None:
+                device = resolve_device(device)
+                inputs = {k: v.to(device) if torch.is_tensor(v) else v      # moved once, not at every snapshot
+                          for k, v in measure_inputs(run.corpus(), run.config.model.n_ctx, **params).items()}
+            rec.update(measure_snapshot(run.load(step, device=device), inputs, todo))
             stats['computed'] += 1
             stats['seconds'] += time.perf_counter() - t0
             if f is not None: atomic_write(f, _npz_bytes(rec))
@@ -163,14 +166,15 @@ def _sweep_records(run, measures, steps, progress, cache_dir, params) -> tuple[l
     return records, stats
 
 # %% ../nbs/03b_sweep.ipynb #16011cc5
-def sweep(run, measures=None, steps=None, progress: bool=True, cache_dir=None, **params) -> pd.DataFrame:
+def sweep(run, measures=None, steps=None, progress: bool=True, cache_dir=None, device=None, **params) -> pd.DataFrame:
     """Measure every snapshot of `run` (or those in `steps`): a tidy DataFrame with columns `step, tokens, measure,
     layer, head, src_layer, src_head, value`. `measures`: names in `MEASURES` (default all); `params` override
     `MEASURE_PARAMS`. Cached per snapshot checksum and parameters under `run_dir/measures/` (or `cache_dir`; False
-    disables); `df.attrs` says how many snapshots came from the cache."""
+    disables); `df.attrs` says how many snapshots came from the cache. `device`: where the models run (`resolve_device`;
+    default the CPU); the cache does not depend on it (GPU and CPU values agree to float precision, not bit for bit)."""
     run = load_run(run) if isinstance(run, (str, Path)) else run
     measures = _check_measures(measures)
-    records, stats = _sweep_records(run, measures, steps, progress, cache_dir, params)
+    records, stats = _sweep_records(run, measures, steps, progress, cache_dir, params, device)
     wanted = {k for m in measures for k in MEASURES[m].keys if not k.startswith('array/')}
     rows = []
     for step, rec in records:
@@ -186,27 +190,27 @@ def sweep(run, measures=None, steps=None, progress: bool=True, cache_dir=None, *
     return df
 
 # %% ../nbs/03b_sweep.ipynb #8d940223
-def cached_arrays(run, key: str, steps=None, progress: bool=True, cache_dir=None, **params) -> np.ndarray:
+def cached_arrays(run, key: str, steps=None, progress: bool=True, cache_dir=None, device=None, **params) -> np.ndarray:
     """`[snapshot, ...]`: the cached array `key` (e.g. `'array/pca_losses'`) of every snapshot of `run` (rows follow `steps`,
     default `run.steps`), computing the measure that declares it where the `sweep` cache lacks it."""
     owners = [m.name for m in MEASURES.values() if key in m.keys]
     if not owners: raise KeyError(f"No registered measure declares {key!r}; declared keys: {sorted(k for m in MEASURES.values() for k in m.keys)}")
-    records, _ = _sweep_records(run, owners[:1], steps, progress, cache_dir, params)
+    records, _ = _sweep_records(run, owners[:1], steps, progress, cache_dir, params, device)
     return np.stack([r[key] for _, r in records])
 
-def loss_by_position_table(run, steps=None, progress: bool=True, cache_dir=None, **params) -> pd.DataFrame:
+def loss_by_position_table(run, steps=None, progress: bool=True, cache_dir=None, device=None, **params) -> pd.DataFrame:
     "Loss by position for every snapshot (from the `sweep` cache): a DataFrame, rows = steps, columns = positions."
     run = load_run(run) if isinstance(run, (str, Path)) else run
     steps = run.steps if steps is None else list(steps)
-    df = pd.DataFrame(cached_arrays(run, 'array/loss_by_position', steps, progress, cache_dir, **params),
+    df = pd.DataFrame(cached_arrays(run, 'array/loss_by_position', steps, progress, cache_dir, device, **params),
                       index=pd.Index(steps, name='step'))
     df.columns.name = 'position'
     df.attrs['tokens'] = [run.tokens(s) for s in steps]
     return df
 
 # %% ../nbs/03b_sweep.ipynb #27a383d8
-def pca_loss_vectors(run, steps=None, progress: bool=True, cache_dir=None, **params) -> np.ndarray:
+def pca_loss_vectors(run, steps=None, progress: bool=True, cache_dir=None, device=None, **params) -> np.ndarray:
     """`[n_snapshots, n_icl * pca_per_window]`: each snapshot's per-token loss at the fixed (window, position) pairs of
     `measure_inputs` (rows follow `steps`, default `run.steps`). Read from the `sweep` cache: the ICL measure's
     forward pass computes them, so they cost nothing extra."""
-    return cached_arrays(run, 'array/pca_losses', steps, progress, cache_dir, **params)
+    return cached_arrays(run, 'array/pca_losses', steps, progress, cache_dir, device, **params)

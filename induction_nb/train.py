@@ -21,9 +21,11 @@ from .data import CorpusSpec, make_corpus, from_dict
 from .model import ModelConfig, Transformer, per_token_loss
 
 # %% auto #0
-__all__ = ['PRESETS', 'TrainConfig', 'RunConfig', 'preset', 'in_test', 'preset_for_env', 'atomic_write', 'save_tensors',
-           'CorruptFileError', 'read_safetensors_header', 'load_tensors', 'load_snapshot', 'Run', 'load_run', 'lr_at',
-           'val_loss', 'RunLockedError', 'CorpusChangedError', 'TrainingDiverged', 'TrainingInterrupted', 'train']
+__all__ = ['PRESETS', 'PRECISIONS', 'TrainConfig', 'RunConfig', 'preset', 'in_test', 'preset_for_env', 'atomic_write',
+           'save_tensors', 'CorruptFileError', 'read_safetensors_header', 'load_tensors', 'load_snapshot', 'Run',
+           'load_run', 'lr_at', 'val_loss', 'RunLockedError', 'CorpusChangedError', 'TrainingDiverged',
+           'TrainingInterrupted', 'train', 'resolve_device', 'describe_device', 'device_args', 'device_from_args',
+           'execution_kwargs']
 
 # %% ../nbs/02_training.ipynb #c17434d7
 @dataclass(frozen=True)
@@ -229,9 +231,10 @@ def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict]:
     except json.JSONDecodeError: raise CorruptFileError(f"{path} is corrupted: its metadata is not valid JSON. {_FIX}") from None
 
 # %% ../nbs/02_training.ipynb #00c92354
-def load_snapshot(path) -> Transformer:
+def load_snapshot(path, device=None) -> Transformer:
     """The model the snapshot file `path` holds, in eval mode, rebuilt from that file alone: `train` stores the run's config
-    in each snapshot's metadata (`meta['config']`, a `RunConfig` dict; a `ModelConfig` dict is accepted too)."""
+    in each snapshot's metadata (`meta['config']`, a `RunConfig` dict; a `ModelConfig` dict is accepted too). Snapshots are
+    saved from the CPU, so any of them loads on any `device` (`resolve_device`; default the CPU)."""
     tensors, meta = load_tensors(path)
     cfg = meta.get('config')
     if not isinstance(cfg, dict): raise ValueError(
@@ -246,7 +249,7 @@ def load_snapshot(path) -> Transformer:
     try: model.load_state_dict(tensors)
     except RuntimeError as e: raise CorruptFileError(
         f"{path}: its tensors do not fit the model config stored with it ({e}). {_FIX}") from None
-    return model.eval()
+    return model.to(resolve_device(device)).eval()
 
 # %% ../nbs/02_training.ipynb #8b583cc0
 def _snap_name(step: int) -> str: return f"step_{step:06d}.safetensors"
@@ -275,15 +278,15 @@ class Run:
         "Training tokens seen after `step` optimizer steps."
         return step * self.config.train.batch_size * self.config.model.n_ctx
 
-    def load(self, step: int|None=None) -> Transformer:
-        "The model at snapshot `step` (default: the latest), in eval mode; the model config stored in it must be the run's."
+    def load(self, step: int|None=None, device=None) -> Transformer:
+        "The model at snapshot `step` (default: the latest), in eval mode, on `device`; the model config stored in it must be the run's."
         steps = self.steps
         if not steps: raise FileNotFoundError(f"{self.path} has no snapshots yet.")
         if step is None: step = steps[-1]
         if step not in steps: raise KeyError(f"{self.path} has no snapshot at step {step}; nearest: "
                                              f"{min(steps, key=lambda s: abs(s - step))} (see run.steps)")
         path = self.snapshot_path(step)
-        model, ours = load_snapshot(path), self.config.model.to_dict()
+        model, ours = load_snapshot(path, device), self.config.model.to_dict()
         if model.cfg != self.config.model:
             diff = ', '.join(f"{k}={v!r} in the snapshot, {ours[k]!r} in config.json"
                              for k, v in model.cfg.to_dict().items() if v != ours[k])
@@ -410,11 +413,11 @@ def val_loss(model, corpus, n_ctx: int, n: int, seed: int=0, chunk: int=32) -> f
     windows = corpus.batch('val', n_ctx, n, seed=(seed, 10**9))
     return float(per_token_loss(model, windows, chunk=chunk).mean())
 
-def _dist():
-    "`(rank, world_size, created)`, initialising torch.distributed (gloo) when launched by torchrun."
+def _dist(device=None):
+    "`(rank, world_size, created)`, initialising torch.distributed when launched by torchrun: nccl on CUDA, else gloo."
     world = int(os.environ.get('WORLD_SIZE', '1'))
     created = world > 1 and not torch.distributed.is_initialized()
-    if created: torch.distributed.init_process_group('gloo')
+    if created: torch.distributed.init_process_group(_backend(device))
     return (torch.distributed.get_rank(), world, created) if world > 1 else (0, 1, False)
 
 def _on_rank0(world: int, fn):
@@ -523,9 +526,12 @@ def _open_dir(run_dir: Path, cfg, overwrite, corpus, allow_corpus_change):
 
 # %% ../nbs/02_training.ipynb #20d70107
 def train(cfg: RunConfig|str, run_dir, overwrite: bool=False, progress: bool=True, n_threads: int|None=None,
-          on_step: Callable[[int, float], None]|None=None, allow_corpus_change: bool=False) -> Run:
+          on_step: Callable[[int, float], None]|None=None, allow_corpus_change: bool=False,
+          device=None, precision: str='fp32', compile: bool=False) -> Run:
     """Train `cfg` (a `RunConfig` or a preset name) into `run_dir`, resuming if it holds an unfinished run; returns the `Run`.
-    A finished run is checked and repaired (missing snapshots and metric rows are recomputed), else left untouched."""
+    A finished run is checked and repaired (missing snapshots and metric rows are recomputed), else left untouched.
+    `device`, `precision` ('fp32' or 'bf16' autocast) and `compile` say how it runs, not what it is (see *Devices and
+    precision*): they are not in the config, and a run started on one device resumes on another."""
     if isinstance(cfg, str): cfg = preset(cfg)
     if n_threads is not None and (not isinstance(n_threads, int) or isinstance(n_threads, bool) or n_threads < 1):
         raise ValueError(f"n_threads (CLI: --threads) must be a positive integer, got {n_threads!r}")
@@ -533,8 +539,9 @@ def train(cfg: RunConfig|str, run_dir, overwrite: bool=False, progress: bool=Tru
     threads = torch.get_num_threads()
     if n_threads: torch.set_num_threads(n_threads)          # only for this call: restored below
     tc, run_dir = cfg.train, Path(run_dir)
-    rank, world, created = _dist()
-    try: return _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change)
+    ex = _execution(device, precision, compile)
+    rank, world, created = _dist(ex.device)
+    try: return _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change, ex)
     finally:
         if created: torch.distributed.destroy_process_group()
         torch.set_num_threads(threads)
@@ -551,18 +558,20 @@ def _snapshot_row(model, corpus, cfg, run_dir, step) -> dict:
     return {'step': step, 'tokens': step * cfg.train.batch_size * cfg.model.n_ctx, 'val_loss': v}
 
 # %% ../nbs/02_training.ipynb #55d1b16a
-def _step(model, ddp, opt, corpus, cfg, step, rank, per_rank) -> float:
-    "One optimizer update on the global batch of `step` (this rank's slice); returns this rank's loss."
-    tc = cfg.train
+def _step(model, ddp, opt, corpus, cfg, step, rank, per_rank, ex=None) -> torch.Tensor:
+    """One optimizer update on the global batch of `step` (this rank's slice); returns this rank's loss as a 0-d tensor on
+    the device (reading it is a host sync, so the loop reads the losses of a whole logging block at once)."""
+    tc, ex = cfg.train, ex or _Execution()
     windows = corpus.batch('train', cfg.model.n_ctx, tc.batch_size, seed=(tc.seed, step))
-    windows = windows[rank*per_rank:(rank+1)*per_rank]
+    windows = windows[rank*per_rank:(rank+1)*per_rank].to(ex.device, non_blocking=True)
     for g in opt.param_groups: g['lr'] = lr_at(tc, step)
-    loss = F.cross_entropy(ddp(windows[:, :-1]).flatten(0, 1), windows[:, 1:].flatten())
+    with ex.autocast(): logits = ddp(windows[:, :-1])
+    loss = F.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten())     # the loss in fp32 (a no-op in fp32)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if tc.grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
     opt.step()
-    return loss.item()
+    return loss.detach()
 
 # %% ../nbs/02_training.ipynb #6a5e0623
 def _replay(cfg, corpus, run_dir, upto: int, snaps: set, train_steps: set, progress: bool) -> list[dict]:
@@ -577,7 +586,7 @@ def _replay(cfg, corpus, run_dir, upto: int, snaps: set, train_steps: set, progr
     for step in tqdm(range(upto + 1), disable=not progress, desc=f"{run_dir.name} (repair)", dynamic_ncols=True):
         if step in snaps: rows.append(_snapshot_row(model, corpus, cfg, run_dir, step))
         if step == upto: break
-        losses.append(_step(model, model, opt, corpus, cfg, step, 0, tc.batch_size))
+        losses.append(float(_step(model, model, opt, corpus, cfg, step, 0, tc.batch_size)))
         if (step + 1) % tc.log_every == 0:
             if step + 1 in train_steps:
                 rows.append({'step': step + 1, 'tokens': (step + 1) * tokens_per_step, 'train_loss': sum(losses) / len(losses),
@@ -626,7 +635,7 @@ def _repair_log(cfg, corpus, run_dir, model, start: int, world: int, progress: b
     if not path.exists() or path.read_bytes() != text: atomic_write(path, text)
 
 # %% ../nbs/02_training.ipynb #37ee826f
-def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change=False) -> Run:
+def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change=False, ex=None) -> Run:
     if tc.batch_size % world: raise ValueError(f"TrainConfig.batch_size={tc.batch_size} must be divisible by the "
                                                f"number of processes ({world})")
     corpus = make_corpus(cfg.corpus)
@@ -638,13 +647,14 @@ def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_co
         return resume
     # rank 0 checks/creates the directory; every rank learns whether there is state to resume from (or the error)
     resume = _on_rank0(world, open_dir)
-    try: return _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resume)
+    try: return _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resume, ex)
     finally: _unlock(lock)
 
 # %% ../nbs/02_training.ipynb #8b984ebc
-def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resume) -> Run:
+def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resume, ex=None) -> Run:
+    ex = ex or _Execution()
     torch.manual_seed(tc.seed)
-    model = Transformer(cfg.model)
+    model = Transformer(cfg.model).to(ex.device)     # initialised on the CPU (the same weights whatever the device), then moved
     opt = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
     meta = _load_state(run_dir/'state.safetensors', model, opt) if resume else {}
     start, pending = int(meta.get('step', 0)), [float(x) for x in meta.get('pending_losses', [])]
@@ -656,7 +666,9 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
         if world > 1: torch.distributed.barrier()
         return Run(run_dir)                                  # already finished: nothing (more) to do
     if start and rank == 0: print(f"{run_dir}: resuming from step {start}", file=sys.stderr)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ex.device.index] if ex.device.type == 'cuda' else None) if world > 1 else model
+    fwd = _compiled(model, ddp) if ex.compile else ddp
     snaps, per_rank = set(tc.snapshot_steps()), tc.batch_size // world
     tokens_per_step = tc.batch_size * cfg.model.n_ctx
     log = open(metrics_path, 'a') if rank == 0 else None
@@ -672,6 +684,12 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
                "No checkpoint was reached before it; ")
             + "re-running would diverge the same way. Lower the learning rate (CLI: --lr) and train into another "
               "directory (or with --overwrite).")
+    def check(done: int) -> list[float]:
+        "The pending losses as numbers (one host sync); the first that is not finite stops the run at its own step."
+        losses[:] = _floats(losses)
+        bad = next((i for i, x in enumerate(losses) if not math.isfinite(x)), None)
+        if bad is not None: raise diverged(done - (len(losses) - 1 - bad), f"the loss is {losses[bad]}")
+        return losses
     def snapshot(step):
         if rank: return
         if not _finite(model): raise diverged(step, "the weights are not finite")
@@ -693,17 +711,16 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
         for step in range(start, tc.steps):
             if stop:
                 if log: log.flush(); os.fsync(log.fileno())
-                _save_state(state_path, model, opt, step, pending=losses)
+                _save_state(state_path, model, opt, step, pending=check(step))
                 raise TrainingInterrupted(f"the state of {run_dir} is saved at step {step}; run the same command again "
                                           "to resume from there.")
-            if step in snaps: snapshot(step)
-            losses.append(_step(model, ddp, opt, corpus, cfg, step, rank, per_rank))
-            if not math.isfinite(losses[-1]): raise diverged(step + 1, f"the loss is {losses[-1]}")
-            if on_step: on_step(step + 1, losses[-1])
+            if step in snaps: check(step); snapshot(step)
+            losses.append(_step(model, fwd, opt, corpus, cfg, step, rank, per_rank, ex))   # no host sync per step
+            if on_step: on_step(step + 1, check(step + 1)[-1])
             if (step + 1) % tc.log_every == 0:
-                l = sum(losses) / len(losses)
+                l = sum(check(step + 1)) / len(losses)
                 if world > 1:
-                    t = torch.tensor([l])
+                    t = torch.tensor([l], device=ex.device)
                     torch.distributed.all_reduce(t)
                     l = t.item() / world
                 dt = time.perf_counter() - t0
@@ -716,6 +733,7 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
                 if log: log.flush(); os.fsync(log.fileno())
                 _save_state(state_path, model, opt, step + 1)
             bar.update(1)
+        check(tc.steps)
         snapshot(tc.steps)
         if rank == 0: _save_state(state_path, model, opt, tc.steps)
     finally:
@@ -731,3 +749,96 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
 def _load_state_step(path) -> int|None:
     try: return int(load_tensors(path)[1]['step'])
     except (FileNotFoundError, CorruptFileError, KeyError, ValueError): return None
+
+# %% ../nbs/02_training.ipynb #9ada25e4
+PRECISIONS = ('fp32', 'bf16')
+
+def resolve_device(device: str|torch.device|None=None) -> torch.device:
+    """The `torch.device` to run on. `'auto'`: CUDA if present, else the CPU; `None`: `$INDUCTION_NB_DEVICE` if set, else
+    the CPU; `'cpu'`, `'cuda'`, `'cuda:N'` and `'mps'` are checked to exist (a clear error says what to use instead)."""
+    if device is None: device = os.environ.get('INDUCTION_NB_DEVICE') or 'cpu'
+    if isinstance(device, str) and device.strip().lower() == 'auto':
+        return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+    try: dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError): dev = None
+    if dev is None or dev.type not in ('cpu', 'cuda', 'mps'):
+        raise ValueError(f"Unknown device {device!r} (CLI: --device); use auto, cpu, cuda, cuda:N or mps.")
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available(): raise ValueError(
+            f"device {device!r}: no CUDA GPU is visible to this torch ({torch.__version__}); use --device cpu (or auto).")
+        n = torch.cuda.device_count()
+        if dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
+        elif dev.index >= n: raise ValueError(f"device {device!r}: this machine has {n} CUDA GPU(s), numbered 0-{n-1}.")
+    if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: Apple's MPS backend is not available here; use --device cpu (or auto).")
+    return dev
+
+def describe_device(device) -> str:
+    "One line naming the device: `cuda:0 (NVIDIA H200)`, `cpu (2 torch threads)`."
+    dev = resolve_device(device)
+    if dev.type == 'cuda': return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return f"{dev} ({torch.get_num_threads()} torch threads)" if dev.type == 'cpu' else str(dev)
+
+# %% ../nbs/02_training.ipynb #0e770fb8
+@dataclass(frozen=True)
+class _Execution:
+    "How a run is executed, not what it is: none of this is in the run's config."
+    device: torch.device = torch.device('cpu')
+    precision: str = 'fp32'
+    compile: bool = False
+    def autocast(self):
+        "bf16 autocast around the forward pass, or nothing (fp32: the code path of a plain forward, bit for bit)."
+        if self.precision == 'fp32':
+            from contextlib import nullcontext
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+def _execution(device, precision, compile) -> _Execution:
+    "Check and resolve `train`'s execution options; under torchrun on CUDA each rank takes the GPU `LOCAL_RANK`."
+    if precision not in PRECISIONS: raise ValueError(f"precision (CLI: --precision) must be one of {PRECISIONS}, got {precision!r}")
+    if not isinstance(compile, bool): raise ValueError(f"compile (CLI: --compile) must be True or False, got {compile!r}")
+    dev = resolve_device(device)
+    if dev.type == 'cuda' and int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        torch.cuda.set_device(dev)
+    return _Execution(dev, precision, compile)
+
+def _backend(device) -> str:
+    "The torch.distributed backend for `device`: nccl on CUDA, gloo on the CPU."
+    return 'nccl' if device is not None and torch.device(device).type == 'cuda' else 'gloo'
+
+def _floats(xs) -> list[float]:
+    "Python floats of a list of numbers and 0-d tensors, the tensors read from their device in one transfer."
+    ts = [x for x in xs if torch.is_tensor(x)]
+    it = iter(torch.stack(ts).tolist() if ts else [])
+    return [next(it) if torch.is_tensor(x) else x for x in xs]
+
+def _compiled(model, fwd):
+    "`torch.compile(fwd)`, refused when hook points of `model` are in use (compiled code would not call them)."
+    used = [n for n, h in model.hook_dict.items() if h.active]
+    if used: raise ValueError(f"compile=True (CLI: --compile) with hooks attached ({used[:3]}): compiled code would skip "
+                              "them. Remove the hooks or train without --compile.")
+    return torch.compile(fwd)
+
+# %% ../nbs/02_training.ipynb #e9bcc5fa
+def device_args(p, training: bool=True):
+    "Add `--device` (and, for a command that trains, `--precision` and `--compile`) to the argparse parser `p`."
+    p.add_argument('--device', default='auto', metavar='DEV',
+                   help="Where to train and measure: auto (the default: CUDA if present, else the CPU), cpu, cuda, cuda:N or mps.")
+    if training:
+        p.add_argument('--precision', default='fp32', choices=PRECISIONS,
+                       help="fp32 (default) or bf16 autocast for training; losses, validation and measures stay fp32.")
+        p.add_argument('--compile', action='store_true',
+                       help="torch.compile the training forward (off by default; measures never compile, they use hooks).")
+
+def device_from_args(args) -> torch.device:
+    "Resolve `args.device` and print which device it is (on rank 0 only, under torchrun), as a command's first line."
+    dev = resolve_device(args.device)
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(f"device: {describe_device(dev)}" + (" (auto: CUDA if present, else the CPU)" if args.device == 'auto' else ''),
+              flush=True)
+    return dev
+
+def execution_kwargs(args) -> dict:
+    "`device`, `precision`, `compile` from a command's parsed arguments, for `train` and the functions that call it."
+    return dict(device=device_from_args(args), precision=getattr(args, 'precision', 'fp32'), compile=getattr(args, 'compile', False))
