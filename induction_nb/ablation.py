@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm.auto import tqdm
 from .model import ModelConfig, Transformer, per_token_loss
-from .train import Run, in_test, preset
+from .train import Run, in_test, preset, device_args, execution_kwargs
 from .scores import icl_per_example, classify_heads
 from .sweep import add_measure, sweep, cached_arrays, measure_inputs, MEASURE_PARAMS
 from .experiment import RunTables, run_tables, load_or_compute_each, shade, tokens_axis, boot_means, mean_ci
@@ -153,13 +153,13 @@ def before_after_direction(vectors: np.ndarray, tokens, window) -> np.ndarray:
     d = vectors[i1] - vectors[i0]
     return d / np.linalg.norm(d)
 
-def head_ablation_table(run: Run, window, progress: bool=True, **params) -> pd.DataFrame:
+def head_ablation_table(run: Run, window, progress: bool=True, device=None, **params) -> pd.DataFrame:
     """One row per snapshot and head: `step, tokens, layer, head`, the clean ICL score `icl`, ΔICL when the head is
     ablated alone (`zero`, `pattern`: zero and pattern-preserving ablation, nats; > 0 means the head carried ICL), and
     the ablated − clean per-token losses projected on the before/after-`window` unit vector (`zero_proj`,
     `pattern_proj`; < 0 means the head carries what the phase change brought). From the sweep cache."""
     params = {**ABLATION_PARAMS, **params}
-    df = sweep(run, ('icl', 'ablation'), progress=progress, **params)
+    df = sweep(run, ('icl', 'ablation'), progress=progress, device=device, **params)
     out = (df[df.measure.str.startswith('ablation_')].assign(measure=lambda d: d.measure.str[len('ablation_'):])
            .pivot_table(index=['step', 'tokens', 'layer', 'head'], columns='measure', values='value').reset_index())
     out.columns.name = None
@@ -192,7 +192,7 @@ def set_ablation_icl(model: Transformer, windows: torch.Tensor, head_sets, kind:
     return np.stack(rows)
 
 def set_ablation(run: Run, heads, n_draws: int=20, seed: int=0, kind: str='zero', steps=None, progress: bool=True,
-                 **params) -> dict[str, np.ndarray]:
+                 device=None, **params) -> dict[str, np.ndarray]:
     """At every snapshot of `run` (or those in `steps`), per-example ICL scores of the clean model (`clean` `[snapshot, example]`), with all of
     `heads` ablated at once (`ablated`, same shape), and with each of `other_head_sets` ablated instead (`others`
     `[snapshot, draw, example]`); on the sweep's ICL windows (`params` as for `sweep`, default `ABLATION_PARAMS`)."""
@@ -201,7 +201,7 @@ def set_ablation(run: Run, heads, n_draws: int=20, seed: int=0, kind: str='zero'
     cfg = run.config.model
     sets = other_head_sets(heads, cfg.n_layers, cfg.n_heads, n_draws, seed)
     steps = run.steps if steps is None else list(steps)
-    res = [set_ablation_icl(run.load(s), windows, [heads] + sets, kind, p['chunk'], early=p['early'], late=p['late'],
+    res = [set_ablation_icl(run.load(s, device=device), windows, [heads] + sets, kind, p['chunk'], early=p['early'], late=p['late'],
                             band=p['band']) for s in tqdm(steps, desc='set ablation', disable=not progress)]
     res = np.stack(res)                                               # [snapshot, 2 + draws, example]
     return dict(steps=np.array(steps), tokens=np.array([run.tokens(s) for s in steps]), clean=res[:, 0],
@@ -253,24 +253,25 @@ def head_classes(t: RunTables) -> pd.DataFrame:
     shape = (int(last.layer.max()) + 1, int(last['head'].max()) + 1)
     return classify_heads(np.array(last.prefix).reshape(shape), np.array(last.prev).reshape(shape))
 
-def final_ablation(run: Run, induction, n_draws: int=20, n_final: int=1024) -> dict:
+def final_ablation(run: Run, induction, n_draws: int=20, n_final: int=1024, device=None) -> dict:
     "`Ablation.final`: the last snapshot's per-head and set ablations on `n_final` windows, for tight intervals."
     p = {**ABLATION_PARAMS, 'n_icl': n_final}
-    final = {k: cached_arrays(run, f'array/ablation_{k}_icl', run.steps[-1:], False, **p)[0] for k in ABLATION_KINDS}
-    s = set_ablation(run, induction, n_draws, steps=run.steps[-1:], progress=False, **p)
+    final = {k: cached_arrays(run, f'array/ablation_{k}_icl', run.steps[-1:], False, device=device, **p)[0] for k in ABLATION_KINDS}
+    s = set_ablation(run, induction, n_draws, steps=run.steps[-1:], progress=False, device=device, **p)
     return final | dict(clean=s['clean'][0], ablated=s['ablated'][0], others=s['others'][0])
 
-def compute_ablation(run: Run, t: RunTables, window, n_draws: int=20, n_final: int=1024, progress: bool=True) -> Ablation:
+def compute_ablation(run: Run, t: RunTables, window, n_draws: int=20, n_final: int=1024, progress: bool=True,
+                     device=None) -> Ablation:
     """Every head ablated alone at every snapshot (both kinds), the induction heads together against other sets at every
     snapshot, and both again at the last snapshot on `n_final` windows."""
     classes = head_classes(t)
     t0 = time.perf_counter()
-    heads = head_ablation_table(run, window, progress).merge(classes[['layer', 'head', 'kind']], on=['layer', 'head'])
+    heads = head_ablation_table(run, window, progress, device).merge(classes[['layer', 'head', 'kind']], on=['layer', 'head'])
     t1 = time.perf_counter()
     induction = classes[classes.kind == 'induction'][['layer', 'head']].values.tolist()
-    sets = set_ablation(run, induction, n_draws, progress=progress) if induction else None
+    sets = set_ablation(run, induction, n_draws, progress=progress, device=device) if induction else None
     t2 = time.perf_counter()
-    final = final_ablation(run, induction, n_draws, n_final)
+    final = final_ablation(run, induction, n_draws, n_final, device)
     cfg = run.config.model
     info = dict(run_dir=str(run.path), window=[window.start, window.end], induction=induction, n_layers=cfg.n_layers,
                 attn_only=cfg.attn_only, n_ctx=cfg.n_ctx, d_model=cfg.d_model, n_heads=cfg.n_heads, params=ABLATION_PARAMS, n_draws=n_draws, n_final=n_final,
@@ -528,6 +529,7 @@ def ablation_setup(p):
                         f"2-layer model's window, so include one. Choices: {', '.join(ZOO)}.")
     p.add_argument('--draws', type=int, default=20, metavar='N', help="Random sets of other heads to ablate (default: 20).")
     p.add_argument('--threads', type=int, metavar='N', help="Torch CPU threads (default: all cores).")
+    device_args(p)
 
 def ablation_cmd(args):
     "`induction_nb ablation`: train or reuse the models, ablate every head at every snapshot, save, print the table."
@@ -536,13 +538,13 @@ def ablation_cmd(args):
         raise ValueError("A plain 1-layer model has no phase-change window of its own and borrows a 2-layer model's: "
                          "add one to --models (e.g. attn-2L).")
     if args.threads: torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    runs = train_zoo(out, args.models, seeds=(0,), n_threads=args.threads)
-    tables = [run_tables(run, name, progress=False) for name, run in runs.items()]
+    out, ex = Path(args.out), execution_kwargs(args)
+    runs = train_zoo(out, args.models, seeds=(0,), n_threads=args.threads, **ex)
+    tables = [run_tables(run, name, progress=False, device=ex['device']) for name, run in runs.items()]
     windows = ablation_windows(tables)
     results = {}
     for t in tables:
-        results[t.name] = compute_ablation(runs[t.name], t, windows[t.name], args.draws)
+        results[t.name] = compute_ablation(runs[t.name], t, windows[t.name], args.draws, device=ex['device'])
         results[t.name].save(out/'ablation'/runs[t.name].path.name)
     with pd.option_context('display.width', 200, 'display.max_colwidth', 80): print(comparison_table(results).to_string())
 

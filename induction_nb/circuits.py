@@ -196,7 +196,7 @@ def attention_by_offset(pattern: torch.Tensor, max_offset: int=8) -> torch.Tenso
 
 # %% ../nbs/09_arg5_mechanism.ipynb #f1f54321
 @torch.no_grad()
-def circuit_over_training(run: Run, t: RunTables, pool=None, steps=None) -> pd.DataFrame:
+def circuit_over_training(run: Run, t: RunTables, pool=None, steps=None, device=None) -> pd.DataFrame:
     """The weight-based measures at every snapshot of `run` (or `steps`), long format: step, tokens, measure, layer, head,
     src_layer, src_head, value. Measures: 'K', 'Q', 'V' composition and 'trace' (`qk_trace`) of each head of layer ≥ 1 with
     each earlier head; 'ov' (`ov_eigen_copying` on `pool`) of every head; 'trace_weighted' and 'qk_ratio' (`weighted_qk`,
@@ -205,7 +205,7 @@ def circuit_over_training(run: Run, t: RunTables, pool=None, steps=None) -> pd.D
     rows = []
     def add(step, tok, measure, l, h, sl, sh, v): rows.append((step, tok, measure, l, h, sl, sh, float(v)))
     for step in (run.steps if steps is None else steps):
-        m, tok = run.load(step), run.tokens(step)
+        m, tok = run.load(step, device=device), run.tokens(step)
         prev = t.heads[t.heads.step == step].sort_values(['layer', 'head']).prev.to_numpy().reshape(L, H)
         comp = {k: composition_scores(m, k) for k in 'KQV'}                        # [layer2, head2, layer1, head1]
         ov = ov_eigen_copying(m, pool)                                             # [layer, head]
@@ -225,13 +225,13 @@ def circuit_over_training(run: Run, t: RunTables, pool=None, steps=None) -> pd.D
 
 # %% ../nbs/09_arg5_mechanism.ipynb #6da8e00e
 @torch.no_grad()
-def mechanism_results(run: Run, t: RunTables, receiver: tuple[int, int], n_seqs: int=32, seed: int=0) -> dict:
+def mechanism_results(run: Run, t: RunTables, receiver: tuple[int, int], n_seqs: int=32, seed: int=0, device=None) -> dict:
     """Everything this chapter shows, from `run` and its tables `t`, for the induction head `receiver`: 'training'
     (`circuit_over_training`), 'eigs' (every head's OV eigenvalues at the last snapshot), 'offsets' (layer attention by
     offset on 16 validation windows), 'patching' (`path_patching` on `n_seqs` repeated windows, every head of the earlier
     layers as a sender) and 'patterns' (the receiver's pattern on the first of them: clean, corrupted, key- and
     query-patched, with the tokens)."""
-    corpus, model = run.corpus(), run.load(run.steps[-1])
+    corpus, model = run.corpus(), run.load(run.steps[-1], device=device)
     pool, cfg = circuit_pool(corpus), model.cfg
     eigs = pd.DataFrame([dict(layer=l, head=h, re=float(z.real), im=float(z.imag)) for l in range(cfg.n_layers)
                          for h in range(cfg.n_heads) for z in ov_eigenvalues(model, l, h, pool)])
@@ -248,7 +248,7 @@ def mechanism_results(run: Run, t: RunTables, receiver: tuple[int, int], n_seqs:
     patterns = dict(tokens=clean[0].numpy(), corrupt_tokens=corrupt[0].numpy(), queries=queries, targets=targets,
                     clean=one(clean, 'k', []), corrupted=one(corrupt, 'k', []),
                     key=one(corrupt, 'k', senders), query=one(corrupt, 'q', senders))
-    return dict(training=circuit_over_training(run, t, pool), eigs=eigs, offsets=offsets, patching=patching, patterns=patterns)
+    return dict(training=circuit_over_training(run, t, pool, device=device), eigs=eigs, offsets=offsets, patching=patching, patterns=patterns)
 
 _TABLES = ('training', 'eigs', 'offsets', 'patching')
 

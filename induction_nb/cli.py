@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, os, sys, textwrap
 from typing import Callable
-from .train import PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged
+from .train import PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged, device_args, execution_kwargs
 from .phase import phase_setup, phase_change_cmd
 from .zoo import zoo_setup, zoo_cmd
 from .ablation import ablation_setup, ablation_cmd
@@ -37,6 +37,7 @@ examples:
   induction_nb train --preset stdlib-2l --out runs/stdlib-2l --threads 2
   torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29511 \\
       -m induction_nb.cli train --preset stdlib-2l --out runs/ddp --threads 1   # data-parallel
+  induction_nb train --preset paper-2l --out runs/paper-2l --device cuda --precision bf16   # the paper's width, on a GPU
 
 presets (see `induction_nb presets` for their contents):
 """
@@ -70,6 +71,7 @@ def _train_setup(p: argparse.ArgumentParser):
                    help="Resume even though the corpus differs from the one OUT was trained on (checksum in "
                         "OUT/config.json); refused otherwise.")
     p.add_argument('--no-progress', action='store_true', help="Do not draw a progress bar (e.g. in logs).")
+    device_args(p)
 
 def _config_from_args(args):
     over = {k: v for k, v in dict(steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size).items()
@@ -86,7 +88,7 @@ def train_cmd(args):
         from datasets.utils.logging import disable_progress_bar
         disable_progress_bar()     # its "Generating …" bars
     run = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress, n_threads=args.threads,
-                allow_corpus_change=args.allow_corpus_change)
+                allow_corpus_change=args.allow_corpus_change, **execution_kwargs(args))
     if int(os.environ.get('RANK', '0')) == 0:        # under torchrun, rank 0 reports
         last = run.steps[-1]        # the validation loss *of the last step*, never an earlier one
         m = run.metrics()

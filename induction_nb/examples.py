@@ -318,10 +318,10 @@ def _view(p: Prompt, r: dict) -> dict:
                 clean=np.round(r['clean'], 4).tolist(), ablated=np.round(r['ablated'], 4).tolist(),
                 attn=np.round(r['pattern'][q], 4).tolist())
 
-def compute_examples(run, t, prompts: list[Prompt], shown=None, kind: str='pattern') -> Examples:
+def compute_examples(run, t, prompts: list[Prompt], shown=None, kind: str='pattern', device=None) -> Examples:
     """Every prompt through the run's last snapshot, clean and with all its induction heads ablated (`kind`), and the views
     of the prompts named in `shown` (default: the first of each category)."""
-    model = run.load()
+    model = run.load(device=device)
     heads, head = induction_heads(t), view_head(t)
     if shown is None: shown = list({p.category: p.name for p in reversed(prompts)}.values())
     rows, views = [], {}

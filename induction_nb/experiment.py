@@ -66,15 +66,16 @@ def load_results(folder) -> list[RunTables]:
 TABLE_MEASURES = ('icl', 'prefix_matching', 'previous_token')    # what `RunTables` holds
 
 def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_icl_final: int=3072,
-               progress: bool=True) -> RunTables:
+               progress: bool=True, device=None) -> RunTables:
     """Measure every snapshot of `run` (cached beside it) and collect the tables every chapter's figures read. The ICL curve uses
-    `n_icl` windows per snapshot; the last snapshot is measured again on `n_icl_final` windows for a tight interval."""
+    `n_icl` windows per snapshot; the last snapshot is measured again on `n_icl_final` windows for a tight interval.
+    `device`: where the models run (`resolve_device`; default the CPU)."""
     run = run if isinstance(run, Run) else load_run(run)
-    df = sweep(run, measures=TABLE_MEASURES, progress=progress, n_icl=n_icl)
-    lbp = loss_by_position_table(run, progress=False, n_icl=n_icl)
-    ptl = pca_loss_vectors(run, progress=False, n_icl=n_icl)
+    df = sweep(run, measures=TABLE_MEASURES, progress=progress, device=device, n_icl=n_icl)
+    lbp = loss_by_position_table(run, progress=False, device=device, n_icl=n_icl)
+    ptl = pca_loss_vectors(run, progress=False, device=device, n_icl=n_icl)
     n_icl_final = n_icl if in_test() else n_icl_final        # the synthetic task's ICL score means nothing
-    fin = sweep(run, measures='icl', steps=run.steps[-1:], progress=False, n_icl=n_icl_final).set_index('measure').value
+    fin = sweep(run, measures='icl', steps=run.steps[-1:], progress=False, device=device, n_icl=n_icl_final).set_index('measure').value
     m = run.metrics()
     train_log = m.dropna(subset=['train_loss']).reindex(columns=['step', 'tokens', 'train_loss', 'tok_per_s']).reset_index(drop=True)
     heads = (df[df.measure.isin(['prefix_matching', 'previous_token'])]

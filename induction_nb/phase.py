@@ -12,7 +12,7 @@ import pandas as pd
 import matplotlib
 import matplotlib.pyplot as plt
 from fastcore.basics import patch
-from .train import train, preset, preset_for_env, in_test, RunConfig
+from .train import train, preset, preset_for_env, in_test, RunConfig, device_args, execution_kwargs, resolve_device, step_seconds
 from .experiment import (RunTables, load_results, run_tables, load_or_compute, shade, tokens_axis, run_color,
                                      smoothed_train_loss, seed_groups, WINDOW_STYLE)
 
@@ -519,12 +519,13 @@ def fig_settings(settings: dict[str, list[RunTables]]):
 # %% ../nbs/04_phase_change.ipynb #3d385052
 SETTINGS = {'paper': ('stdlib-2l', 'stdlib-1l', ''),                       # context 512, Shortformer positions
             'ctx512-resid': ('ctx512-resid-2l', 'ctx512-resid-1l', ', resid. pos.'),
-            'ctx256': ('ctx256-2l', 'ctx256-1l', ', ctx 256')}
+            'ctx256': ('ctx256-2l', 'ctx256-1l', ', ctx 256'),
+            'paper-width': ('paper-2l', 'paper-1l', ', paper width')}    # d_model 768, 12 heads, context 1024: for a GPU
 
 def phase_change_runs(seeds=(0,), seeds_1l=(0,), setting: str='paper') -> dict[str, tuple[str, RunConfig]]:
     """`{display name: (directory name, config)}` of the experiment: 2-layer runs for `seeds`, 1-layer controls for
     `seeds_1l`. `setting`: 'paper' (context 512, Shortformer positions: the default presets), 'ctx512-resid' or 'ctx256'
-    (positions in the residual stream, the earlier defaults)."""
+    (positions in the residual stream, the earlier defaults), or 'paper-width' (the paper's width, for a GPU)."""
     if setting not in SETTINGS: raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {setting!r}")
     p2, p1, sfx = SETTINGS[setting]
     tag = 'test-' if in_test() else ''
@@ -561,16 +562,23 @@ def draw_figures(tables: list[RunTables], folder=None) -> dict:
 
 # %% ../nbs/04_phase_change.ipynb #e5b5b37e
 def phase_change(out='runs', seeds=(0,), seeds_1l=(0,), setting: str='paper', n_threads: int|None=None,
-                 progress: bool=True, figures: bool=True) -> tuple[list[RunTables], pd.DataFrame]:
-    "Train (or reuse) the runs of `phase_change_runs` under `out`, measure them, save tables and figures; returns `(tables, summary)`."
+                 progress: bool=True, figures: bool=True, device=None, precision: str='fp32',
+                 compile: bool=False) -> tuple[list[RunTables], pd.DataFrame]:
+    """Train (or reuse) the runs of `phase_change_runs` under `out`, measure them, save tables and figures; returns `(tables, summary)`.
+    `device`, `precision`, `compile`: as for `train` (measures always run in fp32, uncompiled, on `device`)."""
     out = Path(out)
     tables, timings = [], {}
     sfx = '' if setting == 'paper' else f'-{setting}'
     for name, (dirname, cfg) in phase_change_runs(seeds, seeds_1l, setting).items():
+        if setting == 'paper-width' and resolve_device(device).type == 'cpu':
+            s = step_seconds(cfg, device)
+            print(f"{dirname}: {cfg.train.steps:,} steps of about {s:.1f} s each on this CPU, about {s * cfg.train.steps / 3600:.1f} h "
+                  "in all if it starts from scratch (one step timed at batch 1, scaled to the batch); meant for a GPU (--device cuda).",
+                  flush=True)
         t0 = time.perf_counter()
-        run = train(cfg, out/dirname, progress=progress, n_threads=n_threads)
+        run = train(cfg, out/dirname, progress=progress, n_threads=n_threads, device=device, precision=precision, compile=compile)
         t1 = time.perf_counter()
-        t = run_tables(run, name, progress=progress)
+        t = run_tables(run, name, progress=progress, device=device)
         timings[name] = dict(train_s=round(t1 - t0, 1), measure_s=round(time.perf_counter() - t1, 1))
         t.info['timings'] = timings[name]
         t.save(out/'tables'/dirname)
@@ -611,18 +619,20 @@ def phase_setup(p):
                    help="Seeds of the 1-layer control (default: 0; `--seeds-1l` with no seed skips it).")
     p.add_argument('--setting', default='paper', choices=sorted(SETTINGS),
                    help="paper (default: context 512, Shortformer positions, presets stdlib-2l/-1l); ctx512-resid or "
-                        "ctx256: positions in the residual stream, the earlier defaults (presets ctx512-resid-*, ctx256-*). "
+                        "ctx256: positions in the residual stream, the earlier defaults (presets ctx512-resid-*, ctx256-*); "
+                        "paper-width: the paper's width (d_model 768, 12 heads, context 1024; presets paper-2l/-1l), for a GPU. "
                         "Figures and summary of a non-default setting get a -SETTING suffix.")
     p.add_argument('--threads', type=int, metavar='N', help="Torch CPU threads (default: all cores).")
     p.add_argument('--no-progress', action='store_true', help="No progress bars.")
+    device_args(p)
 
 # %% ../nbs/04_phase_change.ipynb #6c68456e
 def phase_change_cmd(args):
     "`induction_nb phase-change`: the README's main job."
     matplotlib.use('Agg')
-    t0 = time.perf_counter()
+    t0, ex = time.perf_counter(), execution_kwargs(args)          # prints the device first
     tables, summary = phase_change(args.out, seeds=tuple(args.seeds), seeds_1l=tuple(args.seeds_1l), setting=args.setting,
-                                   n_threads=args.threads, progress=not args.no_progress)
+                                   n_threads=args.threads, progress=not args.no_progress, **ex)
     print(report(tables, summary))
     sfx = '' if args.setting == 'paper' else f'-{args.setting}'
     print(f"\nfigures: {Path(args.out)/('figures' + sfx)}/ ({', '.join(FIGURES)}); tables: {Path(args.out)/'tables'}/; "

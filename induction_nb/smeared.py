@@ -31,9 +31,9 @@ def smear_sigma(model: Transformer, inputs=None) -> torch.Tensor:
 add_measure('smear_sigma', smear_sigma)
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #5aa900b6
-def smear_table(run) -> pd.DataFrame:
+def smear_table(run, device=None) -> pd.DataFrame:
     "`smear_sigma` of every head at every snapshot of `run` (from the sweep cache): step, tokens, layer, head, sigma."
-    df = sweep(run, measures='smear_sigma', progress=False)
+    df = sweep(run, measures='smear_sigma', progress=False, device=device)
     return df[['step', 'tokens', 'layer', 'head', 'value']].rename(columns={'value': 'sigma'})
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #5755fdf7

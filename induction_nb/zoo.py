@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from .model import ModelConfig, Transformer
-from .train import RunConfig, Run, train, load_run, preset_for_env, in_test
+from .train import RunConfig, Run, train, load_run, preset_for_env, in_test, device_args, execution_kwargs
 from .experiment import (RunTables, run_tables, load_or_compute, runs_dir, shade, tokens_axis, run_color,
                                      smoothed_train_loss)
 from .phase import PhaseWindow, phase_window, summarize, fig_pca, pca_speed, pca_trajectories
@@ -54,14 +54,15 @@ def run_status(run_dir, cfg: RunConfig) -> str:
     return 'finished' if last >= cfg.train.steps else f'interrupted at step {last}'
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #a9c8ab26
-def train_zoo(out=None, names=None, seeds=None, n_threads: int|None=None, progress: bool=True) -> dict[str, Run]:
+def train_zoo(out=None, names=None, seeds=None, n_threads: int|None=None, progress: bool=True, device=None,
+              precision: str='fp32', compile: bool=False) -> dict[str, Run]:
     """Train the zoo models `names` (default: all; `seeds` to keep some seeds only) under `out` (default `runs_dir()`): what is missing is trained, what
     was interrupted resumed, what is finished reused. One line per model says which, and how long it took."""
     out = runs_dir() if out is None else Path(out)
     runs = {}
     for name, (dirname, cfg) in zoo_runs(names, seeds).items():
         status, t0 = run_status(out/dirname, cfg), time.perf_counter()
-        runs[name] = train(cfg, out/dirname, progress=False, n_threads=n_threads)
+        runs[name] = train(cfg, out/dirname, progress=False, n_threads=n_threads, device=device, precision=precision, compile=compile)
         if progress:
             done = 'reused (finished)' if status == 'finished' else f"{'resumed, ' if status != 'new' else ''}trained"
             print(f"{name:<14} {dirname:<24} {done} in {time.perf_counter() - t0:6.0f} s", flush=True)
@@ -89,14 +90,15 @@ def zoo_setup(p):
     p.add_argument('--models', nargs='+', choices=list(ZOO), metavar='NAME',
                    help=f"Zoo models to train (default: all): {', '.join(ZOO)}.")
     p.add_argument('--threads', type=int, metavar='N', help="Torch CPU threads (default: all cores).")
+    device_args(p)
 
 def zoo_cmd(args):
     "`induction_nb zoo`: train (or reuse) the zoo, measure every run, save its tables and print the co-occurrence table."
-    out = Path(args.out)
-    runs = train_zoo(out, args.models, n_threads=args.threads)
+    out, ex = Path(args.out), execution_kwargs(args)
+    runs = train_zoo(out, args.models, n_threads=args.threads, **ex)
     tables = []
     for name, run in runs.items():
-        t = run_tables(run, name, progress=False)
+        t = run_tables(run, name, progress=False, device=ex['device'])
         t.save(out/'tables'/run.path.name)
         tables.append(t)
     with pd.option_context('display.width', 200, 'display.max_columns', 30):
