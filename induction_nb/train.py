@@ -22,9 +22,9 @@ from .model import ModelConfig, Transformer, per_token_loss
 
 # %% auto #0
 __all__ = ['PRESETS', 'PRECISIONS', 'TrainConfig', 'RunConfig', 'preset', 'in_test', 'preset_for_env', 'atomic_write',
-           'save_tensors', 'CorruptFileError', 'read_safetensors_header', 'load_tensors', 'load_snapshot', 'Run',
-           'load_run', 'lr_at', 'val_loss', 'RunLockedError', 'CorpusChangedError', 'TrainingDiverged',
-           'TrainingInterrupted', 'train', 'resolve_device', 'describe_device', 'device_args', 'device_from_args',
+           'save_tensors', 'CorruptFileError', 'read_safetensors_header', 'load_tensors', 'resolve_device',
+           'describe_device', 'load_snapshot', 'Run', 'load_run', 'lr_at', 'val_loss', 'RunLockedError',
+           'CorpusChangedError', 'TrainingDiverged', 'TrainingInterrupted', 'train', 'device_args', 'device_from_args',
            'execution_kwargs', 'step_seconds']
 
 # %% ../nbs/02_training.ipynb #c17434d7
@@ -237,6 +237,76 @@ def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CorruptFileError(f"{path} is corrupted: its tensors do not match the checksum stored in it. {_FIX}")
     try: return tensors, json.loads(meta.get('meta', '{}'))
     except json.JSONDecodeError: raise CorruptFileError(f"{path} is corrupted: its metadata is not valid JSON. {_FIX}") from None
+
+# %% ../nbs/02_training.ipynb #9ada25e4
+PRECISIONS = ('fp32', 'bf16')
+
+def resolve_device(device: str|torch.device|None=None) -> torch.device:
+    """The `torch.device` to run on. `'auto'`: CUDA if present, else the CPU; `None`: `$INDUCTION_NB_DEVICE` if set, else
+    the CPU; `'cpu'`, `'cuda'`, `'cuda:N'` and `'mps'` are checked to exist (a clear error says what to use instead)."""
+    if device is None: device = os.environ.get('INDUCTION_NB_DEVICE') or 'cpu'
+    if isinstance(device, str) and device.strip().lower() == 'auto':
+        return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+    try: dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError): dev = None
+    if dev is None or dev.type not in ('cpu', 'cuda', 'mps'):
+        raise ValueError(f"Unknown device {device!r} (CLI: --device); use auto, cpu, cuda, cuda:N or mps.")
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available(): raise ValueError(
+            f"device {device!r}: no CUDA GPU is visible to this torch ({torch.__version__}); use --device cpu (or auto).")
+        n = torch.cuda.device_count()
+        if dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
+        elif dev.index >= n: raise ValueError(f"device {device!r}: this machine has {n} CUDA GPU(s), numbered 0-{n-1}.")
+    if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: Apple's MPS backend is not available here; use --device cpu (or auto).")
+    return dev
+
+def describe_device(device) -> str:
+    "One line naming the device: `cuda:0 (NVIDIA H200)`, `cpu (2 torch threads)`."
+    dev = resolve_device(device)
+    if dev.type == 'cuda': return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return f"{dev} ({torch.get_num_threads()} torch threads)" if dev.type == 'cpu' else str(dev)
+
+# %% ../nbs/02_training.ipynb #0e770fb8
+@dataclass(frozen=True)
+class _Execution:
+    "How a run is executed, not what it is: none of this is in the run's config."
+    device: torch.device = torch.device('cpu')
+    precision: str = 'fp32'
+    compile: bool = False
+    def autocast(self):
+        "bf16 autocast around the forward pass, or nothing (fp32: the code path of a plain forward, bit for bit)."
+        if self.precision == 'fp32':
+            from contextlib import nullcontext
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+def _execution(device, precision, compile) -> _Execution:
+    "Check and resolve `train`'s execution options; under torchrun on CUDA each rank takes the GPU `LOCAL_RANK`."
+    if precision not in PRECISIONS: raise ValueError(f"precision (CLI: --precision) must be one of {PRECISIONS}, got {precision!r}")
+    if not isinstance(compile, bool): raise ValueError(f"compile (CLI: --compile) must be True or False, got {compile!r}")
+    dev = resolve_device(device)
+    if dev.type == 'cuda' and int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        torch.cuda.set_device(dev)
+    return _Execution(dev, precision, compile)
+
+def _backend(device) -> str:
+    "The torch.distributed backend for `device`: nccl on CUDA, gloo on the CPU."
+    return 'nccl' if device is not None and torch.device(device).type == 'cuda' else 'gloo'
+
+def _floats(xs) -> list[float]:
+    "Python floats of a list of numbers and 0-d tensors, the tensors read from their device in one transfer."
+    ts = [x for x in xs if torch.is_tensor(x)]
+    it = iter(torch.stack(ts).tolist() if ts else [])
+    return [next(it) if torch.is_tensor(x) else x for x in xs]
+
+def _compiled(model, fwd):
+    "`torch.compile(fwd)`, refused when hook points of `model` are in use (compiled code would not call them)."
+    used = [n for n, h in model.hook_dict.items() if h.active]
+    if used: raise ValueError(f"compile=True (CLI: --compile) with hooks attached ({used[:3]}): compiled code would skip "
+                              "them. Remove the hooks or train without --compile.")
+    return torch.compile(fwd)
 
 # %% ../nbs/02_training.ipynb #00c92354
 def load_snapshot(path, device=None) -> Transformer:
@@ -757,76 +827,6 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
 def _load_state_step(path) -> int|None:
     try: return int(load_tensors(path)[1]['step'])
     except (FileNotFoundError, CorruptFileError, KeyError, ValueError): return None
-
-# %% ../nbs/02_training.ipynb #9ada25e4
-PRECISIONS = ('fp32', 'bf16')
-
-def resolve_device(device: str|torch.device|None=None) -> torch.device:
-    """The `torch.device` to run on. `'auto'`: CUDA if present, else the CPU; `None`: `$INDUCTION_NB_DEVICE` if set, else
-    the CPU; `'cpu'`, `'cuda'`, `'cuda:N'` and `'mps'` are checked to exist (a clear error says what to use instead)."""
-    if device is None: device = os.environ.get('INDUCTION_NB_DEVICE') or 'cpu'
-    if isinstance(device, str) and device.strip().lower() == 'auto':
-        return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
-    try: dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
-    except (RuntimeError, TypeError): dev = None
-    if dev is None or dev.type not in ('cpu', 'cuda', 'mps'):
-        raise ValueError(f"Unknown device {device!r} (CLI: --device); use auto, cpu, cuda, cuda:N or mps.")
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available(): raise ValueError(
-            f"device {device!r}: no CUDA GPU is visible to this torch ({torch.__version__}); use --device cpu (or auto).")
-        n = torch.cuda.device_count()
-        if dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
-        elif dev.index >= n: raise ValueError(f"device {device!r}: this machine has {n} CUDA GPU(s), numbered 0-{n-1}.")
-    if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r}: Apple's MPS backend is not available here; use --device cpu (or auto).")
-    return dev
-
-def describe_device(device) -> str:
-    "One line naming the device: `cuda:0 (NVIDIA H200)`, `cpu (2 torch threads)`."
-    dev = resolve_device(device)
-    if dev.type == 'cuda': return f"{dev} ({torch.cuda.get_device_name(dev)})"
-    return f"{dev} ({torch.get_num_threads()} torch threads)" if dev.type == 'cpu' else str(dev)
-
-# %% ../nbs/02_training.ipynb #0e770fb8
-@dataclass(frozen=True)
-class _Execution:
-    "How a run is executed, not what it is: none of this is in the run's config."
-    device: torch.device = torch.device('cpu')
-    precision: str = 'fp32'
-    compile: bool = False
-    def autocast(self):
-        "bf16 autocast around the forward pass, or nothing (fp32: the code path of a plain forward, bit for bit)."
-        if self.precision == 'fp32':
-            from contextlib import nullcontext
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-def _execution(device, precision, compile) -> _Execution:
-    "Check and resolve `train`'s execution options; under torchrun on CUDA each rank takes the GPU `LOCAL_RANK`."
-    if precision not in PRECISIONS: raise ValueError(f"precision (CLI: --precision) must be one of {PRECISIONS}, got {precision!r}")
-    if not isinstance(compile, bool): raise ValueError(f"compile (CLI: --compile) must be True or False, got {compile!r}")
-    dev = resolve_device(device)
-    if dev.type == 'cuda' and int(os.environ.get('WORLD_SIZE', '1')) > 1:
-        dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-        torch.cuda.set_device(dev)
-    return _Execution(dev, precision, compile)
-
-def _backend(device) -> str:
-    "The torch.distributed backend for `device`: nccl on CUDA, gloo on the CPU."
-    return 'nccl' if device is not None and torch.device(device).type == 'cuda' else 'gloo'
-
-def _floats(xs) -> list[float]:
-    "Python floats of a list of numbers and 0-d tensors, the tensors read from their device in one transfer."
-    ts = [x for x in xs if torch.is_tensor(x)]
-    it = iter(torch.stack(ts).tolist() if ts else [])
-    return [next(it) if torch.is_tensor(x) else x for x in xs]
-
-def _compiled(model, fwd):
-    "`torch.compile(fwd)`, refused when hook points of `model` are in use (compiled code would not call them)."
-    used = [n for n, h in model.hook_dict.items() if h.active]
-    if used: raise ValueError(f"compile=True (CLI: --compile) with hooks attached ({used[:3]}): compiled code would skip "
-                              "them. Remove the hooks or train without --compile.")
-    return torch.compile(fwd)
 
 # %% ../nbs/02_training.ipynb #e9bcc5fa
 def device_args(p, training: bool=True):
