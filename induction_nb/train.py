@@ -262,10 +262,10 @@ def resolve_device(device: str|torch.device|None=None) -> torch.device:
     return dev
 
 def describe_device(device) -> str:
-    "One line naming the device: `cuda:0 (NVIDIA H200)`, `cpu (2 torch threads)`."
+    "One line naming the device: `cuda:0 (NVIDIA H200)`, `cpu (2 cores)`."
     dev = resolve_device(device)
     if dev.type == 'cuda': return f"{dev} ({torch.cuda.get_device_name(dev)})"
-    return f"{dev} ({torch.get_num_threads()} torch threads)" if dev.type == 'cpu' else str(dev)
+    return f"{dev} ({os.cpu_count()} cores)" if dev.type == 'cpu' else str(dev)
 
 # %% ../nbs/02_training.ipynb #0e770fb8
 @dataclass(frozen=True)
@@ -614,10 +614,10 @@ def train(cfg: RunConfig|str, run_dir, overwrite: bool=False, progress: bool=Tru
     if n_threads is not None and (not isinstance(n_threads, int) or isinstance(n_threads, bool) or n_threads < 1):
         raise ValueError(f"n_threads (CLI: --threads) must be a positive integer, got {n_threads!r}")
     cfg = _resolve_paths(cfg)
+    ex = _execution(device, precision, compile)             # bad options are refused before anything changes
     threads = torch.get_num_threads()
     if n_threads: torch.set_num_threads(n_threads)          # only for this call: restored below
     tc, run_dir = cfg.train, Path(run_dir)
-    ex = _execution(device, precision, compile)
     rank, world, created = _dist(ex.device)
     try: return _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change, ex)
     finally:
