@@ -857,7 +857,7 @@ def step_seconds(cfg: RunConfig|str, device=None, batch: int=1, repeats: int=2) 
     at `batch` windows, after one untimed step, scaled linearly to the config's batch. A quick estimate, not a benchmark."""
     cfg = preset(cfg) if isinstance(cfg, str) else cfg
     dev = resolve_device(device)
-    model = Transformer(cfg.model).to(dev)
+    with torch.random.fork_rng(devices=[]): model = Transformer(cfg.model).to(dev)     # leaves the caller's RNG alone
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     x = torch.randint(0, cfg.model.d_vocab, (batch, cfg.model.n_ctx + 1), generator=torch.Generator().manual_seed(0)).to(dev)
     def step():

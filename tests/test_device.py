@@ -224,3 +224,12 @@ def test_cli_passes_device_through(monkeypatch, capsys):
         a = p.parse_args([cmd, *extra])
         assert a.device == 'auto', cmd
     assert p.parse_args(['train', '--preset', 'synthetic-2l', '--out', 'x', '--precision', 'bf16', '--compile']).compile
+
+def test_paper_width_setting(monkeypatch):
+    "`phase-change --setting paper-width` trains paper-2l and paper-1l (their synthetic stand-ins under test)."
+    from induction_nb.phase import phase_change_runs, SETTINGS
+    monkeypatch.delenv('INDUCTION_NB_TEST', raising=False); monkeypatch.delenv('IN_TEST', raising=False)
+    runs = phase_change_runs(setting='paper-width')
+    assert [d for d, _ in runs.values()] == ['paper-2l-s0', 'paper-1l-s0']
+    assert all(c.model.d_model == 768 and c.model.n_heads == 12 and c.model.n_ctx == 1024 for _, c in runs.values())
+    assert 'paper-width' in SETTINGS
