@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse, errno, os, signal, sys, textwrap, threading
 from typing import Callable
 try:                                 # torch & co. take seconds to load: a Ctrl-C meanwhile ends quietly, like a later one
-    from induction_nb.train import PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged
+    from induction_nb.train import (PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged,
+                                    ConfigMismatchError)
     from induction_nb.phase import phase_setup, phase_change_cmd
     from induction_nb.zoo import zoo_setup, zoo_cmd
     from induction_nb.ablation import ablation_setup, ablation_cmd
@@ -16,7 +17,8 @@ except KeyboardInterrupt:
     sys.exit(130)
 
 # %% auto #0
-__all__ = ['presets_table', 'presets_cmd', 'train_cmd', 'commands', 'build_parser', 'main']
+__all__ = ['POSITIVE', 'NON_NEGATIVE', 'presets_table', 'presets_cmd', 'train_cmd', 'commands', 'check_numbers', 'build_parser',
+           'main']
 
 # %% ../nbs/12_cli.ipynb #391d5a45
 def presets_table() -> str:
@@ -143,6 +145,17 @@ def commands() -> dict[str, dict]:
 # %% ../nbs/12_cli.ipynb #04da1232
 _FRIENDLY = (ValueError, KeyError, OSError, CorruptFileError, RunLockedError, TrainingDiverged)   # printed as one line
 
+POSITIVE = {'threads', 'draws', 'steps', 'batch_size'}     # integer options of every command: counts (>= 1)...
+NON_NEGATIVE = {'seed', 'seeds', 'seeds_1l'}                # ... and seeds (>= 0)
+
+def check_numbers(args):
+    "Refuse, before any work, an integer option out of its range (`POSITIVE`, `NON_NEGATIVE`): one line naming it."
+    for k, v in vars(args).items():
+        lo = 1 if k in POSITIVE else 0 if k in NON_NEGATIVE else None
+        bad = [x for x in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(x, int) and lo is not None and x < lo]
+        if bad: raise ValueError(f"--{k.replace('_', '-')} must be {'a positive' if lo else 'a non-negative'} integer, "
+                                 f"got {bad[0]}")
+
 def _one_line(e: BaseException) -> str:
     "What to print for an expected failure: its message, or for a bare OS error the file and what to do."
     if isinstance(e, KeyError) and e.args: return ' '.join(str(e.args[0]).split())
@@ -183,8 +196,10 @@ def main(argv: list[str]|None=None) -> int:
     status 130 or 143 (`train` saves a resumable state first); as the program (`argv` None), a second one is ignored."""
     program = argv is None and threading.current_thread() is threading.main_thread()
     if program: signal.signal(signal.SIGTERM, _on_sigterm)      # a scheduler, `timeout`, a notebook server stopping
+    args = None
     try:
         args = build_parser().parse_args(argv)
+        check_numbers(args)                                      # before any work
         return args._fn(args) or 0
     except KeyboardInterrupt as e:      # Ctrl-C or SIGTERM; `train` saves a resumable state first and says where
         if program:                     # a second signal while we report and exit must not print a traceback
@@ -194,6 +209,8 @@ def main(argv: list[str]|None=None) -> int:
         print(f"{word}: {e}" if str(e) else word, file=sys.stderr)
         return 128 + signum
     except _FRIENDLY as e:
+        if isinstance(e, ConfigMismatchError) and args is not None and args.command != 'train':   # no --overwrite there
+            e = e.elsewhere(f"`induction_nb {args.command}`")
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
 

@@ -23,7 +23,8 @@ from .model import ModelConfig, Transformer, per_token_loss
 # %% auto #0
 __all__ = ['PRESETS', 'TrainConfig', 'RunConfig', 'preset', 'in_test', 'preset_for_env', 'atomic_write', 'save_tensors',
            'CorruptFileError', 'read_safetensors_header', 'load_tensors', 'load_snapshot', 'Run', 'load_run', 'lr_at',
-           'val_loss', 'RunLockedError', 'CorpusChangedError', 'TrainingDiverged', 'TrainingInterrupted', 'train']
+           'val_loss', 'RunLockedError', 'CorpusChangedError', 'ConfigMismatchError', 'TrainingDiverged',
+           'TrainingInterrupted', 'train']
 
 # %% ../nbs/02_training.ipynb #c17434d7
 @dataclass(frozen=True)
@@ -463,6 +464,16 @@ def _on_rank0(world: int, fn):
 # %% ../nbs/02_training.ipynb #a14ca716
 class RunLockedError(RuntimeError): "Another process is training into the run directory."
 class CorpusChangedError(ValueError): "The corpus is not the data the run directory was trained on."
+class ConfigMismatchError(FileExistsError):
+    "The run directory holds a run with another config (`detail`: what differs), or a shorter one (`longer`)."
+    def __init__(self, msg: str, run_dir=None, detail: str='', longer: bool=False):
+        super().__init__(msg); self.run_dir, self.detail, self.longer = run_dir, detail, longer
+    def elsewhere(self, what: str) -> 'ConfigMismatchError':
+        "The same refusal worded for `what` (e.g. 'induction_nb zoo'), a caller that neither replaces nor extends runs."
+        return ConfigMismatchError(
+            f"{self.run_dir} already holds a run with a different config ({self.detail}). {what} does not "
+            + ("extend runs: continue it with `induction_nb train … --extend`, " if self.longer else "replace runs: ")
+            + "move or delete that folder, or choose another --out.", self.run_dir, self.detail, self.longer)
 class TrainingDiverged(FloatingPointError): "The loss or the weights became NaN or infinite."
 class TrainingInterrupted(KeyboardInterrupt):
     "Ctrl-C (SIGINT) or SIGTERM: a resumable state was saved at the current step; `signum` says which signal."
@@ -547,14 +558,15 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_c
             if not overwrite:
                 diff = [f"{s}.{k}: {old[s].get(k)!r} -> {new[s].get(k)!r}" for s in new
                         for k in sorted(set(old[s]) | set(new[s])) if old[s].get(k) != new[s].get(k)]
-                if change == 'longer': raise FileExistsError(
+                if change == 'longer': raise ConfigMismatchError(
                     f"{run_dir} holds a run of {old['train']['steps']} steps and you asked for {new['train']['steps']}. "
                     "To continue it to the new length (its first part stays as it is) pass extend=True (CLI: --extend); "
-                    "to keep it as it is, train into another directory.")
-                raise FileExistsError(
+                    "to keep it as it is, train into another directory.", run_dir, '; '.join(diff[:5]), longer=True)
+                raise ConfigMismatchError(
                     f"{run_dir} already holds a run with a different config ({'; '.join(diff[:5])}). Train into another "
                     "directory to keep it, or pass overwrite=True (CLI: --overwrite) to delete that run (its config, "
-                    "metrics, snapshots, state and measures cache; nothing else in the folder) and start again.")
+                    "metrics, snapshots, state and measures cache; nothing else in the folder) and start again.",
+                    run_dir, '; '.join(diff[:5]))
             _remove_run(run_dir)
         else:
             was, now = info.get('corpus_description'), corpus.describe()
