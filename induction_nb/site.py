@@ -357,7 +357,7 @@ def site_run(args) -> int:
     "Build the site as `args` (from `site_setup`) say; 1 if `--check` found problems"
     nbs = Path(args.nbs).resolve() if args.nbs else None
     if nbs is not None and not nbs.is_dir(): raise ValueError(f"--nbs {args.nbs}: no such folder of notebooks")
-    root = _project_root(nbs or Path.cwd())
+    root = (_project_root(nbs) if nbs else None) or _project_root(Path.cwd())     # the notebooks' project, else ours
     if root is None: raise ValueError(f"{nbs or Path.cwd()} is not inside an nbdev project (no settings.ini there or above): "
                                       "run `induction_nb site` in the project, or pass --nbs with its notebooks folder.")
     out = Path(args.out).resolve()                 # relative to where the command runs, not to the project

@@ -171,7 +171,8 @@ def preset_for_env(name: str, **sections) -> RunConfig:
 # %% ../nbs/02_training.ipynb #7c8cf8b8
 def _umask() -> int:
     "The process's umask, read without changing it where the OS tells (Linux), else by setting it and back."
-    try: return int(next(l for l in open('/proc/self/status') if l.startswith('Umask:')).split()[1], 8)
+    try:
+        with open('/proc/self/status') as f: return int(next(l for l in f if l.startswith('Umask:')).split()[1], 8)
     except (OSError, StopIteration, ValueError, IndexError): m = os.umask(0o22); os.umask(m); return m
 
 def atomic_write(path: str|Path, data: bytes):
@@ -758,7 +759,10 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
     state_path = run_dir/'state.safetensors'
 
     def emit(row):
-        if log: log.write(json.dumps(row) + '\n'); log.flush()
+        if not log: return
+        try: log.write(json.dumps(row) + '\n'); log.flush()
+        except OSError as e:                         # a full disk: say which file
+            raise type(e)(e.errno, e.strerror or str(e), str(metrics_path)) from None
     def diverged(step, what):
         kept = _load_state_step(state_path)
         return TrainingDiverged(
