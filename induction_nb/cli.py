@@ -70,7 +70,7 @@ def _train_setup(p: argparse.ArgumentParser):
     p.add_argument('--text-column', default='text', metavar='COL', help="The dataset's text column (default: text).")
     p.add_argument('--overwrite', action='store_true',
                    help="If OUT holds a run with a different config, delete that run (its config.json, metrics.jsonl, "
-                        "state and snapshots; nothing else in OUT) and start again. Without it that is refused. A folder "
+                        "state, snapshots and measures cache; nothing else in OUT) and start again. Without it that is refused. A folder "
                         "that is not a run directory is never deleted.")
     p.add_argument('--extend', action='store_true',
                    help="If OUT holds this run with fewer steps (finished or not), continue it to --steps: its snapshots and "
@@ -163,7 +163,7 @@ def _one_line(e: BaseException) -> str:
         what = {PermissionError: "check its permissions, or choose another place (e.g. --out)",
                 NotADirectoryError: "a part of that path is a file, not a folder: choose another path (e.g. --out)",
                 IsADirectoryError: "a folder is where a file should be: choose another path"}.get(type(e), "check that path")
-        if e.errno in (errno.ENOSPC, errno.EDQUOT): what = "free some space there, or choose another place (e.g. --out)"
+        if e.errno in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)): what = "free some space there, or choose another place (e.g. --out)"
         return f"{e.filename}: {e.strerror}; {what}."
     return ' '.join(str(e).split())          # one line, even if a wrapped library message had several
 
