@@ -269,12 +269,12 @@ SITE_MARKER = '.induction_nb-site'   # in a folder `build_site` wrote: the one k
 def _check_out(out: Path, nbs: Path):
     "Refuse an output folder mkdocs would wipe that is not new, empty, or one this function wrote (it holds `SITE_MARKER`)."
     if out == nbs or out in nbs.parents: raise ValueError(f"{out} holds the notebooks, and mkdocs empties the folder it "
-                                                          "writes to: choose a new or empty folder (--out).")
-    if out.exists() and not out.is_dir(): raise ValueError(f"{out} is a file: choose a new or empty folder (--out).")
+                                                          "writes to: pick another folder, a new or empty one (--out).")
+    if out.exists() and not out.is_dir(): raise ValueError(f"{out} is a file: pick another folder, a new or empty one (--out).")
     ours = (out/SITE_MARKER).exists() or (out/'assets'/'stylesheets'/'induction_nb.css').exists()   # (or an older build's)
     if out.is_dir() and any(out.iterdir()) and not ours: raise ValueError(
         f"{out} is not empty and was not written by `induction_nb site` (no {SITE_MARKER} in it); mkdocs empties the folder "
-        "it writes to, so nothing there is touched: choose a new or empty folder (--out).")
+        "it writes to, so nothing there is touched: pick another folder, a new or empty one (--out).")
 
 def build_site(out='_site',   # folder to write the site to (replaced)
                nbs=None,      # folder of notebooks (default: settings.ini's `nbs_path`)
