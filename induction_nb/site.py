@@ -276,7 +276,7 @@ def _check_out(out: Path, nbs: Path):
         f"{out} is not empty and was not written by `induction_nb site` (no {SITE_MARKER} in it); mkdocs empties the folder "
         "it writes to, so nothing there is touched: pick another folder, a new or empty one (--out).")
 
-def build_site(out='_site',   # folder to write the site to (replaced)
+def build_site(out='_site',   # folder to write the site to: new, empty, or one it wrote before (then replaced)
                nbs=None,      # folder of notebooks (default: settings.ini's `nbs_path`)
                only=None,     # notebook names to include (default: all)
                work=None,     # scratch folder for the Markdown pages (default: a temporary one)
