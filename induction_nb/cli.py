@@ -6,15 +6,22 @@
 from __future__ import annotations
 import argparse, errno, os, signal, sys, textwrap, threading
 from typing import Callable
+def _on_sigterm(signum, frame):
+    "SIGTERM as a `KeyboardInterrupt` that remembers its signal: the command ends with one line and status 143."
+    e = KeyboardInterrupt(); e.signum = signum; raise e
+
+if (__name__ == '__main__' and '__file__' in globals()) or os.path.basename(sys.argv[0]) == 'induction_nb':
+    signal.signal(signal.SIGTERM, _on_sigterm)        # the program (not an import from Python): from its first second
 try:                                 # torch & co. take seconds to load: a Ctrl-C meanwhile ends quietly, like a later one
     from induction_nb.train import (PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged,
                                     ConfigMismatchError)
     from induction_nb.phase import phase_setup, phase_change_cmd
     from induction_nb.zoo import zoo_setup, zoo_cmd
     from induction_nb.ablation import ablation_setup, ablation_cmd
-except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+except KeyboardInterrupt as e:
+    signum = getattr(e, 'signum', signal.SIGINT)
+    print('terminated' if signum == signal.SIGTERM else 'interrupted', file=sys.stderr)
+    sys.exit(128 + signum)
 
 # %% auto #0
 __all__ = ['POSITIVE', 'NON_NEGATIVE', 'presets_table', 'presets_cmd', 'train_cmd', 'commands', 'check_numbers', 'build_parser',
@@ -188,9 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/12_cli.ipynb #6314bbf0
-def _on_sigterm(signum, frame):
-    e = KeyboardInterrupt(); e.signum = signum; raise e
-
 def main(argv: list[str]|None=None) -> int:
     """Entry point of the `induction_nb` command; returns the exit status. Ctrl-C and SIGTERM end it with one line and
     status 130 or 143 (`train` saves a resumable state first); as the program (`argv` None), a second one is ignored."""
