@@ -242,6 +242,22 @@ def test_interrupted_extension_resumes_and_cli_extend(tmp_path, straight, monkey
     assert _same_weights(run.latest().state_dict(), load_run(straight).latest().state_dict())
     assert _keyrows(d, 'train_loss') == _keyrows(straight, 'train_loss')
 
+def test_extend_an_unfinished_run_then_again(tmp_path, straight):
+    "An interrupted run can be extended too (it continues from its state), and an extended run extended again."
+    class Crash(Exception): pass
+    def crash(step, loss):
+        if step == 15: raise Crash()
+    d = tmp_path/'run'
+    with pytest.raises(Crash): _train(SHORT, d, on_step=crash)           # the state holds step 10
+    run = _train(LONG, d, extend=True)
+    assert run.info['extensions'][0]['at_step'] == 10 and run.config.train.extended_from == (25,)
+    assert run.steps == sorted({*SHORT.train.snapshot_steps(), *(s for s in LONG.train.snapshot_steps() if s > 25)})
+    assert _same_weights(run.latest().state_dict(), load_run(straight).latest().state_dict())
+    run = _train(CFG.replace(train=dict(steps=60)), d, extend=True)
+    assert run.done and run.config.train.extended_from == (25, 50) and len(run.info['extensions']) == 2
+    sched = lambda n: set(CFG.replace(train=dict(steps=n)).train.snapshot_steps())
+    assert run.steps == sorted(sched(25) | {s for s in sched(50) if s > 25} | {s for s in sched(60) if s > 50})
+
 def test_extended_from_is_checked_and_unextended_configs_are_unchanged():
     assert 'extended_from' not in CFG.to_dict()['train']                   # every existing run's config.json still matches
     assert T.RunConfig.from_dict(LONG.replace(train=dict(extended_from=(25,))).to_dict()).train.extended_from == (25,)
