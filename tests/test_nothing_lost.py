@@ -54,15 +54,17 @@ def _copy(src, tmp_path, name='copy'):
 @pytest.mark.skipif(any(__import__('importlib').util.find_spec(m) is None for m in ('mkdocs', 'material')),
                     reason="mkdocs-material is not installed")
 def test_site_out_writes_only_into_new_empty_or_its_own_folder(ref, tmp_path):
-    "Real CLI, run from outside the repository (item 4: --nbs from anywhere)."
+    "Real CLI for the refusal; all from outside the repository (item 4: --nbs from anywhere)."
     runs = tmp_path/'runs'; runs.mkdir(); shutil.copytree(ref, runs/'run'); (runs/'notes.txt').write_text('mine')
     before = _tree(runs)
     r = _cli('site', '--nbs', ROOT/'nbs', '--only', 'index', '--out', runs, cwd=tmp_path)
     assert r.returncode == 1 and 'not empty' in _one_line(r.stderr) and str(runs) in r.stderr
     assert _tree(runs) == before                                       # nothing deleted, nothing written
     site = tmp_path/'site'; site.mkdir()                               # an empty folder: built, and marked as ours
-    r = _cli('site', '--nbs', ROOT/'nbs', '--only', 'index', '--out', 'site', cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    here = Path.cwd(); os.chdir(tmp_path)                              # (in this process, to save a second start)
+    try: rc, err, _ = _main(['site', '--nbs', ROOT/'nbs', '--only', 'index', '--out', 'site'])
+    finally: os.chdir(here)
+    assert rc == 0, err
     assert (site/'index.html').exists() and (site/'.induction_nb-site').exists()
     from induction_nb.site import build_site
     (site/'index.html').unlink()
@@ -301,9 +303,9 @@ SCRIPT = "import json, sys; from induction_nb.train import train, RunConfig; " \
 def test_identical_runs_write_identical_snapshots(tmp_path):
     "Two processes (different hash seeds, so a hash-ordered header would differ about half the time per file)."
     cfg = CFG.replace(train=dict(steps=10, snapshots_log=2, snapshots_lin=2))
-    for name, seed in (('a', '1'), ('b', '2')):
-        subprocess.run([sys.executable, '-c', SCRIPT, json.dumps(cfg.to_dict()), str(tmp_path/name)],
-                       env={**ENV, 'PYTHONHASHSEED': seed}, check=True, timeout=300)
+    ps = [subprocess.Popen([sys.executable, '-c', SCRIPT, json.dumps(cfg.to_dict()), str(tmp_path/name)],
+                           env={**ENV, 'PYTHONHASHSEED': seed}) for name, seed in (('a', '1'), ('b', '2'))]
+    assert [p.wait(timeout=300) for p in ps] == [0, 0]
     files = sorted(p.name for p in (tmp_path/'a'/'snapshots').iterdir())
     assert files and files == sorted(p.name for p in (tmp_path/'b'/'snapshots').iterdir())
     for f in [*(f'snapshots/{n}' for n in files), 'state.safetensors']:
