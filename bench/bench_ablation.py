@@ -13,6 +13,7 @@ clean ICL pass every snapshot needs anyway. The weights are random (the time doe
 sweep's time is the per-snapshot time x the preset's number of snapshots.
 """
 import argparse, itertools, json, os, platform, time
+from pathlib import Path
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument('--preset', default='stdlib-2l')
@@ -64,7 +65,7 @@ if args.run:
     t0 = time.perf_counter()
     sweep(run, ('icl', 'ablation'), cache_dir=False, progress=False, **ABLATION_PARAMS)
     s = time.perf_counter() - t0
-    out.update(run=str(args.run), run_snapshots=len(run.steps), run_sweep_s=s)
+    out.update(run=Path(args.run).name, run_snapshots=len(run.steps), run_sweep_s=s)
     print(f"sweep({args.run}, ('icl', 'ablation')): {len(run.steps)} snapshots in {s / 60:.1f} min ({s / len(run.steps):.2f} s/snapshot)")
 if args.json:
     with open(args.json, 'w') as f: json.dump(out, f, indent=1)

@@ -233,7 +233,8 @@ class Ablation:
         self.heads.to_csv(folder/'heads.csv', index=False)
         np.savez_compressed(folder/'final.npz', **self.final)
         if self.sets is not None: np.savez_compressed(folder/'sets.npz', **self.sets)
-        (folder/'info.json').write_text(json.dumps({'name': self.name, **self.info}, indent=1))
+        info = {**self.info, 'run_dir': Path(self.info['run_dir']).name}     # the run's name under the runs folder, no machine path
+        (folder/'info.json').write_text(json.dumps({'name': self.name, **info}, indent=1))
 
     @classmethod
     def load(cls, folder) -> 'Ablation':

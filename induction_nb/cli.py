@@ -4,15 +4,28 @@
 
 # %% ../nbs/12_cli.ipynb #2a8dc9f5
 from __future__ import annotations
-import argparse, os, sys, textwrap
+import argparse, errno, os, signal, sys, textwrap, threading
 from typing import Callable
-from .train import PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged, device_args, execution_kwargs
-from .phase import phase_setup, phase_change_cmd
-from .zoo import zoo_setup, zoo_cmd
-from .ablation import ablation_setup, ablation_cmd
+def _on_sigterm(signum, frame):
+    "SIGTERM as a `KeyboardInterrupt` that remembers its signal: the command ends with one line and status 143."
+    e = KeyboardInterrupt(); e.signum = signum; raise e
+
+if (__name__ == '__main__' and '__file__' in globals()) or os.path.basename(sys.argv[0]) == 'induction_nb':
+    signal.signal(signal.SIGTERM, _on_sigterm)        # the program (not an import from Python): from its first second
+try:                                 # torch & co. take seconds to load: a Ctrl-C meanwhile ends quietly, like a later one
+    from induction_nb.train import (PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged,
+                                    ConfigMismatchError, device_args, execution_kwargs)
+    from induction_nb.phase import phase_setup, phase_change_cmd
+    from induction_nb.zoo import zoo_setup, zoo_cmd
+    from induction_nb.ablation import ablation_setup, ablation_cmd
+except KeyboardInterrupt as e:
+    signum = getattr(e, 'signum', signal.SIGINT)
+    print('terminated' if signum == signal.SIGTERM else 'interrupted', file=sys.stderr)
+    sys.exit(128 + signum)
 
 # %% auto #0
-__all__ = ['presets_table', 'presets_cmd', 'train_cmd', 'commands', 'build_parser', 'main']
+__all__ = ['POSITIVE', 'NON_NEGATIVE', 'presets_table', 'presets_cmd', 'train_cmd', 'commands', 'check_numbers', 'build_parser',
+           'main']
 
 # %% ../nbs/12_cli.ipynb #391d5a45
 def presets_table() -> str:
@@ -65,8 +78,12 @@ def _train_setup(p: argparse.ArgumentParser):
     p.add_argument('--text-column', default='text', metavar='COL', help="The dataset's text column (default: text).")
     p.add_argument('--overwrite', action='store_true',
                    help="If OUT holds a run with a different config, delete that run (its config.json, metrics.jsonl, "
-                        "state and snapshots; nothing else in OUT) and start again. Without it that is refused. A folder "
+                        "state, snapshots and measures cache; nothing else in OUT) and start again. Without it that is refused. A folder "
                         "that is not a run directory is never deleted.")
+    p.add_argument('--extend', action='store_true',
+                   help="If OUT holds this run with fewer steps (finished or not), continue it to --steps: its snapshots and "
+                        "metrics so far stay as they are, new snapshots follow the longer schedule, and OUT/config.json "
+                        "records the extension. Without it a longer --steps is refused.")
     p.add_argument('--allow-corpus-change', action='store_true',
                    help="Resume even though the corpus differs from the one OUT was trained on (checksum in "
                         "OUT/config.json); refused otherwise.")
@@ -88,7 +105,7 @@ def train_cmd(args):
         from datasets.utils.logging import disable_progress_bar
         disable_progress_bar()     # its "Generating …" bars
     run = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress, n_threads=args.threads,
-                allow_corpus_change=args.allow_corpus_change, **execution_kwargs(args))
+                allow_corpus_change=args.allow_corpus_change, extend=args.extend, **execution_kwargs(args))
     if int(os.environ.get('RANK', '0')) == 0:        # under torchrun, rank 0 reports
         last = run.steps[-1]        # the validation loss *of the last step*, never an earlier one
         m = run.metrics()
@@ -137,6 +154,17 @@ def commands() -> dict[str, dict]:
 # %% ../nbs/12_cli.ipynb #04da1232
 _FRIENDLY = (ValueError, KeyError, OSError, CorruptFileError, RunLockedError, TrainingDiverged)   # printed as one line
 
+POSITIVE = {'threads', 'draws', 'steps', 'batch_size'}     # integer options of every command: counts (>= 1)...
+NON_NEGATIVE = {'seed', 'seeds', 'seeds_1l'}                # ... and seeds (>= 0)
+
+def check_numbers(args):
+    "Refuse, before any work, an integer option out of its range (`POSITIVE`, `NON_NEGATIVE`): one line naming it."
+    for k, v in vars(args).items():
+        lo = 1 if k in POSITIVE else 0 if k in NON_NEGATIVE else None
+        bad = [x for x in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(x, int) and lo is not None and x < lo]
+        if bad: raise ValueError(f"--{k.replace('_', '-')} must be {'a positive' if lo else 'a non-negative'} integer, "
+                                 f"got {bad[0]}")
+
 def _one_line(e: BaseException) -> str:
     "What to print for an expected failure: its message, or for a bare OS error the file and what to do."
     if isinstance(e, KeyError) and e.args: return ' '.join(str(e.args[0]).split())
@@ -144,6 +172,7 @@ def _one_line(e: BaseException) -> str:
         what = {PermissionError: "check its permissions, or choose another place (e.g. --out)",
                 NotADirectoryError: "a part of that path is a file, not a folder: choose another path (e.g. --out)",
                 IsADirectoryError: "a folder is where a file should be: choose another path"}.get(type(e), "check that path")
+        if e.errno in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)): what = "free some space there, or choose another place (e.g. --out)"
         return f"{e.filename}: {e.strerror}; {what}."
     return ' '.join(str(e).split())          # one line, even if a wrapped library message had several
 
@@ -169,13 +198,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/12_cli.ipynb #6314bbf0
 def main(argv: list[str]|None=None) -> int:
-    "Entry point of the `induction_nb` command; returns the exit status."
-    args = build_parser().parse_args(argv)
-    try: return args._fn(args) or 0
-    except KeyboardInterrupt as e:      # Ctrl-C; `train` saves a resumable state first and says where
-        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
-        return 130
+    """Entry point of the `induction_nb` command; returns the exit status. Ctrl-C and SIGTERM end it with one line and
+    status 130 or 143 (`train` saves a resumable state first); as the program (`argv` None), a second one is ignored."""
+    program = argv is None and threading.current_thread() is threading.main_thread()
+    if program: signal.signal(signal.SIGTERM, _on_sigterm)      # a scheduler, `timeout`, a notebook server stopping
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        check_numbers(args)                                      # before any work
+        return args._fn(args) or 0
+    except KeyboardInterrupt as e:      # Ctrl-C or SIGTERM; `train` saves a resumable state first and says where
+        if program:                     # a second signal while we report and exit must not print a traceback
+            for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)
+        signum = getattr(e, 'signum', signal.SIGINT)
+        word = 'terminated' if signum == signal.SIGTERM else 'interrupted'
+        print(f"{word}: {e}" if str(e) else word, file=sys.stderr)
+        return 128 + signum
     except _FRIENDLY as e:
+        if isinstance(e, ConfigMismatchError) and args is not None and args.command != 'train':   # no --overwrite there
+            e = e.elsewhere(f"`induction_nb {args.command}`")
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
 

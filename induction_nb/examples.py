@@ -297,7 +297,8 @@ class Examples:
         folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
         self.rows.to_csv(folder/'rows.csv.gz', index=False, float_format='%.4g')
         (folder/'views.json').write_text(json.dumps(self.views))
-        (folder/'info.json').write_text(json.dumps({'name': self.name, **self.info}, indent=1))
+        info = {**self.info, 'run_dir': Path(self.info['run_dir']).name}     # the run's name under the runs folder, no machine path
+        (folder/'info.json').write_text(json.dumps({'name': self.name, **info}, indent=1))
 
     @classmethod
     def load(cls, folder) -> 'Examples':

@@ -42,7 +42,8 @@ class RunTables:
         self.heads.to_csv(folder/'heads.csv', index=False)
         np.save(folder/'loss_by_pos.npy', self.loss_by_pos.astype(np.float32))
         np.save(folder/'ptl.npy', self.ptl.astype(np.float32))
-        (folder/'info.json').write_text(json.dumps({'name': self.name, 'n_layers': self.n_layers, **self.info}, indent=1))
+        info = {**self.info, 'run_dir': Path(self.info['run_dir']).name}     # the run's name under the runs folder, no machine path
+        (folder/'info.json').write_text(json.dumps({'name': self.name, 'n_layers': self.n_layers, **info}, indent=1))
 
     @classmethod
     def load(cls, folder) -> 'RunTables':
@@ -122,7 +123,8 @@ def load_or_compute_each(results_dir, tables: list[RunTables], compute: Callable
     paths = {t.name: Path(results_dir)/f"{Path(t.info['run_dir']).name}{suffix}" for t in tables}
     if not in_test() and not os.environ.get('INDUCTION_NB_RETRAIN') and all(p.exists() for p in paths.values()):
         return {k: load(p) for k, p in paths.items()}
-    out = {t.name: compute(load_run(t.info['run_dir']), t) for t in tables}
+    # a saved table names its run relative to the runs folder; one computed in this session holds the full path
+    out = {t.name: compute(load_run(runs_dir()/t.info['run_dir']), t) for t in tables}
     if not in_test():
         for k, r in out.items():
             paths[k].parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,9 @@
 
 # %% ../nbs/13_site.ipynb #ee057b72
 from __future__ import annotations
-import argparse, html, importlib.util, inspect, io, logging, re, shutil, tempfile, time, warnings
+import argparse, html, importlib.util, inspect, io, logging, os, re, shutil, tempfile, time, warnings
 from collections import Counter
+from contextlib import contextmanager
 from logging.handlers import BufferingHandler
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from nbdev.frontmatter import FrontmatterProc
 from nbdev.processors import FilterDefaults, exec_show_docs, insert_warning, add_fold, mv_exports, _is_showdoc
 
 # %% auto #0
-__all__ = ['README_IMAGES', 'site_notebooks', 'page_name', 'static_show_docs', 'drop_widgets', 'SiteProcs', 'apply_cell_options',
-           'fix_links', 'process_notebook', 'page_markdown', 'retarget_anchors', 'copy_mathjax', 'mkdocs_config',
-           'build_site', 'page_problems', 'check_site', 'site_setup', 'site_run', 'readme_text', 'write_readme']
+__all__ = ['SITE_MARKER', 'README_IMAGES', 'site_notebooks', 'page_name', 'static_show_docs', 'drop_widgets', 'SiteProcs',
+           'apply_cell_options', 'fix_links', 'process_notebook', 'page_markdown', 'retarget_anchors', 'copy_mathjax',
+           'mkdocs_config', 'build_site', 'page_problems', 'check_site', 'site_setup', 'site_run', 'readme_text',
+           'write_readme']
 
 # %% ../nbs/13_site.ipynb #719a7f9b
 def site_notebooks(nbs=None):
@@ -262,7 +264,19 @@ def _copy_assets(nbs, docs) -> bool:
     return copy_mathjax(docs/'assets'/'mathjax')
 
 # %% ../nbs/13_site.ipynb #dec1bb9b
-def build_site(out='_site',   # folder to write the site to (replaced)
+SITE_MARKER = '.induction_nb-site'   # in a folder `build_site` wrote: the one kind of non-empty folder it may empty
+
+def _check_out(out: Path, nbs: Path):
+    "Refuse an output folder mkdocs would wipe that is not new, empty, or one this function wrote (it holds `SITE_MARKER`)."
+    if out == nbs or out in nbs.parents: raise ValueError(f"{out} holds the notebooks, and mkdocs empties the folder it "
+                                                          "writes to: pick another folder, a new or empty one (--out).")
+    if out.exists() and not out.is_dir(): raise ValueError(f"{out} is a file: pick another folder, a new or empty one (--out).")
+    ours = (out/SITE_MARKER).exists() or (out/'assets'/'stylesheets'/'induction_nb.css').exists()   # (or an older build's)
+    if out.is_dir() and any(out.iterdir()) and not ours: raise ValueError(
+        f"{out} is not empty and was not written by `induction_nb site` (no {SITE_MARKER} in it); mkdocs empties the folder "
+        "it writes to, so nothing there is touched: pick another folder, a new or empty one (--out).")
+
+def build_site(out='_site',   # folder to write the site to: new, empty, or one it wrote before (then replaced)
                nbs=None,      # folder of notebooks (default: settings.ini's `nbs_path`)
                only=None,     # notebook names to include (default: all)
                work=None,     # scratch folder for the Markdown pages (default: a temporary one)
@@ -273,8 +287,7 @@ def build_site(out='_site',   # folder to write the site to (replaced)
     nbs, out = Path(nbs or cfg.nbs_path).resolve(), Path(out).resolve()
     files = [p for p in site_notebooks(nbs) if only is None or p.name in only or p.stem in only]
     if not files: raise FileNotFoundError(f'no notebooks to render in {nbs}')
-    if out == nbs or out in nbs.parents or any(out.glob('*.ipynb')) or (out/'settings.ini').exists():
-        raise ValueError(f'{out} holds notebooks or a project, and mkdocs empties the output folder: pick another')
+    _check_out(out, nbs)
     host = (cfg.get('doc_host', '') + cfg.get('doc_baseurl', '')) or None
     pnbs = {Path(page_name(p)).stem: process_notebook(p, host, ext='.md') for p in files}
     pages = retarget_anchors({k: page_markdown(nb) for k, nb in pnbs.items()})
@@ -286,6 +299,7 @@ def build_site(out='_site',   # folder to write the site to (replaced)
         mathjax, t1 = _copy_assets(nbs, docs), time.time()
         yml = mkdocs_config(docs, out, list(pages), cfg.get('title', cfg.lib_name), cfg.get('description', ''), mathjax, partial=only is not None)
         msgs = _run_mkdocs(yml)
+    (out/SITE_MARKER).write_text('Written by `induction_nb site`, which empties this folder and writes the site into it again.\n')
     errors = [f'{k}: {e}' for k, nb in pnbs.items() for e in nb.errors_]
     if not quiet:
         print(f'{len(pages)} pages -> {out} in {time.time()-t0:.1f} s (notebooks {t1-t0:.1f} s, mkdocs {time.time()-t1:.1f} s)')
@@ -327,11 +341,30 @@ def site_setup(p:argparse.ArgumentParser):
     p.add_argument('--only', nargs='+', default=None, help='build only these notebooks (names or stems)')
     p.add_argument('--check', action='store_true', help='check pages, ids and network requests afterwards')
 
+def _project_root(start: Path) -> Path|None:
+    "The folder holding `settings.ini`: `start` or the nearest of its parents; None outside an nbdev project."
+    return next((p for p in (start, *start.parents) if (p/'settings.ini').is_file()), None)
+
+@contextmanager
+def _in_project(root: Path):
+    "Work in `root` (nbdev reads `settings.ini` from the current folder), with nbdev's cached config re-read on entry and exit."
+    here = Path.cwd()
+    os.chdir(root); get_config.cache_clear()
+    try: yield
+    finally: os.chdir(here); get_config.cache_clear()
+
 def site_run(args) -> int:
     "Build the site as `args` (from `site_setup`) say; 1 if `--check` found problems"
-    nbs = args.nbs or get_config().nbs_path
-    out = build_site(args.out, nbs=nbs, only=args.only)
-    probs = check_site(out, None if args.only else nbs) if args.check else []
+    nbs = Path(args.nbs).resolve() if args.nbs else None
+    if nbs is not None and not nbs.is_dir(): raise ValueError(f"--nbs {args.nbs}: no such folder of notebooks")
+    root = (_project_root(nbs) if nbs else None) or _project_root(Path.cwd())     # the notebooks' project, else ours
+    if root is None: raise ValueError(f"{nbs or Path.cwd()} is not inside an nbdev project (no settings.ini there or above): "
+                                      "run `induction_nb site` in the project, or pass --nbs with its notebooks folder.")
+    out = Path(args.out).resolve()                 # relative to where the command runs, not to the project
+    with _in_project(root):
+        nbs = nbs or get_config().nbs_path.resolve()
+        out = build_site(out, nbs=nbs, only=args.only)
+        probs = check_site(out, None if args.only else nbs) if args.check else []
     for p in probs: print('problem:', p)
     print(f'open {Path(out)/"index.html"}')
     return 1 if probs else 0

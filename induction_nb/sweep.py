@@ -126,15 +126,31 @@ def _cache_folder(run, cache_dir, kind: str, params: dict):
                 model=run.config.model.to_dict())
     folder = (Path(cache_dir) if cache_dir else run.path/'measures')/f"{kind}-{_hash(desc)}"
     folder.mkdir(parents=True, exist_ok=True)
+    for tmp in folder.glob('*.tmp'):         # left by a sweep killed mid-write; a live writer's is well under a minute old
+        try:
+            if time.time() - tmp.stat().st_mtime > 600: tmp.unlink()
+        except OSError: pass
     if not (folder/'params.json').exists(): atomic_write(folder/'params.json', json.dumps(desc, indent=2, default=str).encode())
     return folder
+
+def _check_shapes(rec: dict, model_cfg) -> dict:
+    """`rec` (a cached snapshot's arrays) if each array has the shape its key declares — `scalar/`: one number, `head/`:
+    `[layer, head]`, `pair/`: `[layer, head, layer, head]`, `array/`: at least 1-D — else a ValueError naming the key."""
+    L, H = model_cfg.n_layers, model_cfg.n_heads
+    want = {'scalar': (), 'head': (L, H), 'pair': (L, H, L, H)}
+    for k, v in rec.items():
+        kind = k.split('/')[0]
+        if (v.ndim < 1 or v.dtype.kind not in 'fiub') if kind == 'array' else v.shape != want.get(kind, v.shape):
+            raise ValueError(f"{k} has shape {v.shape}, but a {kind} of this model has shape {want.get(kind, '(n, …)')}")
+    return rec
 
 def _load_cached(f, load):
     "`load(f)` for a cache file `f`, or None if there is none; a damaged one is named in a warning, deleted and recomputed."
     if f is None or not f.exists(): return None
     try: return load(f)
     except Exception as e:          # np.load raises many kinds (BadZipFile, EOFError, ValueError, OSError, ...)
-        warnings.warn(f"The measures-cache file {f} is damaged ({type(e).__name__}: {e}); recomputing it.", stacklevel=3)
+        msg = ' '.join(f"The measures-cache file {f} is damaged ({type(e).__name__}: {e}); recomputing it.".split())
+        warnings.warn_explicit(msg, UserWarning, 'induction_nb.sweep', 0)   # one line: no source line under it
         f.unlink(missing_ok=True)
         return None
 
@@ -149,7 +165,7 @@ def _sweep_records(run, measures, steps, progress, cache_dir, params, device=Non
     inputs, records, stats = None, [], {'cached': 0, 'computed': 0, 'seconds': 0.0}
     for step in tqdm(steps, desc='measures', disable=not progress, dynamic_ncols=True):
         f = folder/f"step_{step:06d}-{snapshot_key(run.snapshot_path(step))}.npz" if folder else None
-        rec = _load_cached(f, lambda f: dict(np.load(f))) or {}
+        rec = _load_cached(f, lambda f: _check_shapes(dict(np.load(f)), run.config.model)) or {}
         todo = [m for m in measures if not all(k in rec for k in MEASURES[m].keys)]
         if todo:
             t0 = time.perf_counter()

@@ -24,8 +24,8 @@ from .model import ModelConfig, Transformer, per_token_loss
 __all__ = ['PRESETS', 'PRECISIONS', 'TrainConfig', 'RunConfig', 'preset', 'in_test', 'preset_for_env', 'atomic_write',
            'save_tensors', 'CorruptFileError', 'read_safetensors_header', 'load_tensors', 'resolve_device',
            'describe_device', 'load_snapshot', 'Run', 'load_run', 'lr_at', 'val_loss', 'RunLockedError',
-           'CorpusChangedError', 'TrainingDiverged', 'TrainingInterrupted', 'train', 'device_args', 'device_from_args',
-           'execution_kwargs', 'step_seconds']
+           'CorpusChangedError', 'ConfigMismatchError', 'TrainingDiverged', 'TrainingInterrupted', 'train',
+           'device_args', 'device_from_args', 'execution_kwargs', 'step_seconds']
 
 # %% ../nbs/02_training.ipynb #c17434d7
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class TrainConfig:
     snapshots_log: int = 40         # log-spaced snapshot steps...
     snapshots_lin: int = 40         # ...plus evenly spaced ones
     val_windows: int = 64           # validation loss at every snapshot, on fixed windows
+    extended_from: tuple = ()       # a run continued to more steps (`train(..., extend=True)`): its earlier lengths
     def __post_init__(self):
         def bad(f, msg): raise ValueError(f"TrainConfig.{f}: {msg}")
         for f in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'val_windows'):
@@ -64,11 +65,20 @@ class TrainConfig:
         object.__setattr__(self, 'betas', b)
         if self.checkpoint_every % self.log_every: bad('checkpoint_every', f"must be a multiple of log_every={self.log_every}, "
                                                        f"got {self.checkpoint_every}")
+        ext = tuple(self.extended_from)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in ext) or list(ext) != sorted(set(ext)) or \
+           (ext and not 1 <= ext[0] <= ext[-1] < self.steps):
+            bad('extended_from', f"must be increasing step counts below steps={self.steps}, got {self.extended_from!r}")
+        object.__setattr__(self, 'extended_from', ext)
+    def _schedule(self, steps: int) -> set[int]:
+        log = np.geomspace(1, steps, self.snapshots_log) if self.snapshots_log else []
+        lin = np.linspace(0, steps, self.snapshots_lin + 1) if self.snapshots_lin else []
+        return {0, steps, *(int(round(s)) for s in log), *(int(round(s)) for s in lin)}
     def snapshot_steps(self) -> list[int]:
-        "The steps (optimizer updates done) at which weights are saved; always includes 0 and `steps`."
-        log = np.geomspace(1, self.steps, self.snapshots_log) if self.snapshots_log else []
-        lin = np.linspace(0, self.steps, self.snapshots_lin + 1) if self.snapshots_lin else []
-        return sorted({0, self.steps, *(int(round(s)) for s in log), *(int(round(s)) for s in lin)})
+        """The steps (optimizer updates done) at which weights are saved; always includes 0 and `steps`. An extended run
+        keeps each earlier length's snapshots and adds those of the longer schedule past it."""
+        ends = [*self.extended_from, self.steps]
+        return sorted(self._schedule(ends[0]).union(*({s for s in self._schedule(b) if s > a} for a, b in zip(ends, ends[1:]))))
     @classmethod
     def from_dict(cls, d: dict) -> 'TrainConfig': return from_dict(cls, d)
 
@@ -87,7 +97,8 @@ class RunConfig:
                else "Raise model.d_vocab or lower corpus.d_vocab."))
     def to_dict(self) -> dict:
         "Plain JSON types (tuples become lists), so a config equals its own JSON round trip."
-        return json.loads(json.dumps({'model': self.model.to_dict(), 'train': asdict(self.train), 'corpus': self.corpus.to_dict()}))
+        train = {k: v for k, v in asdict(self.train).items() if k != 'extended_from' or v}   # written only for an extended run
+        return json.loads(json.dumps({'model': self.model.to_dict(), 'train': train, 'corpus': self.corpus.to_dict()}))
     @classmethod
     def from_dict(cls, d: dict) -> 'RunConfig':
         "From `to_dict`'s output; a field it lacks (written by an older version) takes its default, an unknown one is an error."
@@ -167,19 +178,29 @@ def preset_for_env(name: str, **sections) -> RunConfig:
     return preset(name, **sections)
 
 # %% ../nbs/02_training.ipynb #7c8cf8b8
+def _umask() -> int:
+    "The process's umask, read without changing it where the OS tells (Linux), else by setting it and back."
+    try:
+        with open('/proc/self/status') as f: return int(next(l for l in f if l.startswith('Umask:')).split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError): m = os.umask(0o22); os.umask(m); return m
+
 def atomic_write(path: str|Path, data: bytes):
-    "Write `data` to `path` atomically (temp file in the same directory + fsync + rename)."
+    """Write `data` to `path` atomically (temp file in the same directory + fsync + rename). The file gets the usual
+    permissions (0666 less the umask), and an OS error (a full disk…) names `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp')
     try:
+        if hasattr(os, 'fchmod'): os.fchmod(fd, 0o666 & ~_umask())     # mkstemp's 0600 would hide shared runs
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp): os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename and e.errno:     # e.g. ENOSPC from write(): say which file
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 # %% ../nbs/02_training.ipynb #e3aab320
@@ -190,10 +211,19 @@ def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
         h.update(tensors[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
+def _sorted_header(buf: bytes) -> bytes:
+    "safetensors bytes with the header's keys sorted: the library writes its metadata in hash order, which varies by process."
+    n = int.from_bytes(buf[:8], 'little')
+    head = json.dumps(json.loads(buf[8:8 + n]), sort_keys=True, separators=(',', ':')).encode()
+    head += b' ' * (-len(head) % 8)                  # the format pads the header to 8 bytes; offsets count from its end
+    return len(head).to_bytes(8, 'little') + head + buf[8 + n:]
+
 def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict|None=None):
-    "Save tensors as safetensors with a checksum and a JSON `meta` dict in the header, atomically."
+    """Save tensors as safetensors with a checksum and a JSON `meta` dict in the header, atomically. Keys are sorted, so
+    the same tensors and meta give the same bytes (`cmp` works on snapshots of identical runs)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, st_save(tensors, metadata={'sha256': _tensors_sha256(tensors), 'meta': json.dumps(meta or {})}))
+    meta = json.dumps(meta or {}, sort_keys=True)
+    atomic_write(path, _sorted_header(st_save(tensors, metadata={'sha256': _tensors_sha256(tensors), 'meta': meta})))
 
 # %% ../nbs/02_training.ipynb #5ac95d83
 class CorruptFileError(RuntimeError): pass
@@ -414,6 +444,9 @@ def _stored_config(info: dict, path) -> RunConfig:
     try: return RunConfig.from_dict(info['config'])
     except (ValueError, TypeError) as e:
         made = (info.get('versions') or {}).get('induction_nb', 'an unrecorded version')
+        if made == induction_nb.__version__: raise ValueError(
+            f"{path} cannot be read: {e}. It was written by this version (induction_nb {made}), so it was edited since: "
+            "undo the edit (or restore the file from a copy), or train into another directory.") from None
         raise ValueError(f"{path} cannot be read by induction_nb {induction_nb.__version__} (it was written by "
                          f"induction_nb {made}): {e}. Use the version that wrote it, or train into another directory.") from None
 
@@ -512,8 +545,20 @@ def _on_rank0(world: int, fn):
 # %% ../nbs/02_training.ipynb #a14ca716
 class RunLockedError(RuntimeError): "Another process is training into the run directory."
 class CorpusChangedError(ValueError): "The corpus is not the data the run directory was trained on."
+class ConfigMismatchError(FileExistsError):
+    "The run directory holds a run with another config (`detail`: what differs), or a shorter one (`longer`)."
+    def __init__(self, msg: str, run_dir=None, detail: str='', longer: bool=False):
+        super().__init__(msg); self.run_dir, self.detail, self.longer = run_dir, detail, longer
+    def elsewhere(self, what: str) -> 'ConfigMismatchError':
+        "The same refusal worded for `what` (e.g. 'induction_nb zoo'), a caller that neither replaces nor extends runs."
+        return ConfigMismatchError(
+            f"{self.run_dir} already holds a run with a different config ({self.detail}). {what} does not "
+            + ("extend runs: continue it with `induction_nb train … --extend`, " if self.longer else "replace runs: ")
+            + "move or delete that folder, or choose another --out.", self.run_dir, self.detail, self.longer)
 class TrainingDiverged(FloatingPointError): "The loss or the weights became NaN or infinite."
-class TrainingInterrupted(KeyboardInterrupt): "Ctrl-C: a resumable state was saved at the current step."
+class TrainingInterrupted(KeyboardInterrupt):
+    "Ctrl-C (SIGINT) or SIGTERM: a resumable state was saved at the current step; `signum` says which signal."
+    signum = signal.SIGINT
 
 # %% ../nbs/02_training.ipynb #c54c2ed5
 _OWN = ('config.json', 'metrics.jsonl', 'state.safetensors')   # with snapshots/step_*.safetensors: what `train` writes
@@ -523,11 +568,27 @@ def _own_tmp(run_dir: Path) -> list[Path]:
     return [*(p for p in run_dir.glob('*.tmp') if p.name.startswith(tuple(n + '.' for n in _OWN))),
             *(run_dir/'snapshots').glob('step_*.safetensors.*.tmp')]
 
+def _cache_files(run_dir: Path) -> list[Path]:
+    "The measures cache `sweep` keeps beside a run: `measures/<kind>-<hash>/` holding `params.json`, `step_*.npz`, temp files."
+    return [f for d in (run_dir/'measures').glob('*-*') if d.is_dir()
+            for pat in ('params.json', 'step_*.npz', '*.tmp') for f in d.glob(pat)]
+
 def _remove_run(run_dir: Path):
-    "`--overwrite`: delete what `train` wrote in `run_dir` (config, metrics, state, snapshots), nothing else."
-    for p in [*(run_dir/n for n in _OWN), *(run_dir/'snapshots').glob('step_*.safetensors'), *_own_tmp(run_dir)]:
+    """`--overwrite`: delete what `train` wrote in `run_dir` (metrics, state, snapshots, the measures cache of its weights;
+    config.json last, so an interrupted overwrite still leaves a run directory), nothing else."""
+    for p in [*(run_dir/n for n in _OWN[1:]), *(run_dir/'snapshots').glob('step_*.safetensors'), *_own_tmp(run_dir),
+              *_cache_files(run_dir)]:
         p.unlink(missing_ok=True)
-    if (run_dir/'snapshots').is_dir() and not any((run_dir/'snapshots').iterdir()): (run_dir/'snapshots').rmdir()
+    for d in [*(run_dir/'measures').glob('*-*'), run_dir/'measures', run_dir/'snapshots']:
+        if d.is_dir() and not any(d.iterdir()): d.rmdir()
+    (run_dir/'config.json').unlink(missing_ok=True)
+
+def _foreign(run_dir: Path) -> list[str]:
+    "What a folder without config.json holds that `train` does not write before config.json (its lock, temp files, snapshots/)."
+    ours = {run_dir/'.lock', run_dir/'snapshots', *_own_tmp(run_dir)}
+    snaps = sorted((run_dir/'snapshots').iterdir()) if (run_dir/'snapshots').is_dir() else []
+    return ([p.name + '/' * p.is_dir() for p in sorted(run_dir.iterdir()) if p not in ours or p.is_file() and p.name == 'snapshots']
+            + [f"snapshots/{p.name}" for p in snaps if p not in ours])
 
 # %% ../nbs/02_training.ipynb #ceb5e174
 def _resolve_paths(cfg: RunConfig) -> RunConfig:
@@ -554,20 +615,39 @@ def _lock(run_dir: Path):
 def _unlock(fd):
     if fd is not None: os.close(fd)      # closing the descriptor releases the flock
 
-def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_corpus_change: bool=False) -> bool:
-    "Check or create `run_dir` (the caller holds its lock); return True if there is state to resume from."
+def _length_change(old: dict, new: dict) -> str|None:
+    """How a requested config `new` relates to the stored `old` when they differ only in length: 'same' (an extended run,
+    asked for by its plain config: the same weights at every step), 'longer' (it can be extended), else None."""
+    strip = lambda d: {**d, 'train': {k: v for k, v in d['train'].items() if k not in ('steps', 'extended_from')}}
+    if strip(old) != strip(new) or new['train'].get('extended_from'): return None
+    a, b = old['train']['steps'], new['train']['steps']
+    return 'same' if a == b else 'longer' if b > a else None
+
+def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_corpus_change: bool=False,
+                 extend: bool=False) -> tuple[bool, RunConfig]:
+    """Check or create `run_dir` (the caller holds its lock); return whether there is state to resume from, and the run's
+    config (the stored one for an extended run; with `extend`, the stored one continued to `cfg.train.steps`)."""
     cfg_path, new = run_dir/'config.json', cfg.to_dict()
+    longer = None
     if cfg_path.exists():
         info = _read_info(run_dir)                       # refuses a config.json that is not a run's, even with overwrite
-        old = _resolve_paths(_stored_config(info, cfg_path)).to_dict()    # missing fields: their defaults
+        stored = _resolve_paths(_stored_config(info, cfg_path))    # missing fields: their defaults
+        old = stored.to_dict()
+        change = _length_change(old, new) if old != new else None
+        if change == 'same' or (change == 'longer' and extend): longer, cfg, new = cfg if change == 'longer' else None, stored, old
         if old != new:
             if not overwrite:
                 diff = [f"{s}.{k}: {old[s].get(k)!r} -> {new[s].get(k)!r}" for s in new
                         for k in sorted(set(old[s]) | set(new[s])) if old[s].get(k) != new[s].get(k)]
-                raise FileExistsError(
+                if change == 'longer': raise ConfigMismatchError(
+                    f"{run_dir} holds a run of {old['train']['steps']} steps and you asked for {new['train']['steps']}. "
+                    "To continue it to the new length (its first part stays as it is) pass extend=True (CLI: --extend); "
+                    "to keep it as it is, train into another directory.", run_dir, '; '.join(diff[:5]), longer=True)
+                raise ConfigMismatchError(
                     f"{run_dir} already holds a run with a different config ({'; '.join(diff[:5])}). Train into another "
                     "directory to keep it, or pass overwrite=True (CLI: --overwrite) to delete that run (its config, "
-                    "metrics, snapshots and state; nothing else in the folder) and start again.")
+                    "metrics, snapshots, state and measures cache; nothing else in the folder) and start again.",
+                    run_dir, '; '.join(diff[:5]))
             _remove_run(run_dir)
         else:
             was, now = info.get('corpus_description'), corpus.describe()
@@ -579,6 +659,14 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_c
                     "anyway, pass allow_corpus_change=True (CLI: --allow-corpus-change).")
                 info = {**info, 'corpus_description': now, 'corpus_history': [*info.get('corpus_history', []), was]}
                 atomic_write(cfg_path, json.dumps(info, indent=2).encode())
+            if longer:                                   # extend: record what, when and from which step
+                cfg = stored.replace(train=dict(steps=longer.train.steps,
+                                                extended_from=(*stored.train.extended_from, stored.train.steps)))
+                ext = dict(from_steps=stored.train.steps, to_steps=cfg.train.steps,
+                           at_step=_load_state_step(run_dir/'state.safetensors'),
+                           time=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), induction_nb=induction_nb.__version__)
+                info = {**info, 'config': cfg.to_dict(), 'extensions': [*info.get('extensions', []), ext]}
+                atomic_write(cfg_path, json.dumps(info, indent=2).encode())
     (run_dir/'snapshots').mkdir(exist_ok=True)
     # a run killed in the middle of `atomic_write` leaves its temp file behind (the target is untouched); the lock
     # says no other process writes here, so any such `*.tmp` is a leftover
@@ -589,27 +677,31 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_c
                 'versions': {'induction_nb': induction_nb.__version__, 'torch': torch.__version__,
                              'python': platform.python_version()}}
         atomic_write(cfg_path, json.dumps(info, indent=2).encode())
-    return (run_dir/'state.safetensors').exists()
+    return (run_dir/'state.safetensors').exists(), cfg
 
 # %% ../nbs/02_training.ipynb #d558f242
-def _open_dir(run_dir: Path, cfg, overwrite, corpus, allow_corpus_change):
-    "`(lock, resume)`: refuse what is not a run directory before touching it, then lock it and check it."
+def _open_dir(run_dir: Path, cfg, overwrite, corpus, allow_corpus_change, extend=False):
+    "`(lock, (resume, config))`: refuse what is not a run directory before touching it, then lock it and check it."
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"{run_dir} is a file, not a directory: choose another run directory (CLI: --out).")
     if (run_dir/'config.json').exists(): _read_info(run_dir)
+    elif run_dir.is_dir() and (other := _foreign(run_dir)): raise FileExistsError(
+        f"{run_dir} is not empty and is not a run directory (no config.json; it holds {', '.join(other[:3])}"
+        f"{' …' if len(other) > 3 else ''}): train into a new or empty folder (CLI: --out). Nothing in it was changed.")
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(run_dir)
-    try: return lock, _prepare_dir(run_dir, cfg, overwrite, corpus, allow_corpus_change)
+    try: return lock, _prepare_dir(run_dir, cfg, overwrite, corpus, allow_corpus_change, extend)
     except BaseException: _unlock(lock); raise
 
 # %% ../nbs/02_training.ipynb #20d70107
 def train(cfg: RunConfig|str, run_dir, overwrite: bool=False, progress: bool=True, n_threads: int|None=None,
           on_step: Callable[[int, float], None]|None=None, allow_corpus_change: bool=False,
-          device=None, precision: str='fp32', compile: bool=False) -> Run:
+          device=None, precision: str='fp32', compile: bool=False, extend: bool=False) -> Run:
     """Train `cfg` (a `RunConfig` or a preset name) into `run_dir`, resuming if it holds an unfinished run; returns the `Run`.
     A finished run is checked and repaired (missing snapshots and metric rows are recomputed), else left untouched.
     `device`, `precision` ('fp32' or 'bf16' autocast) and `compile` say how it runs, not what it is (see *Devices and
-    precision*): they are not in the config, and a run started on one device resumes on another."""
+    precision*): they are not in the config, and a run started on one device resumes on another.
+    `extend`: if `run_dir` holds the same run with fewer steps, continue it to `cfg.train.steps` (see *Extending a run*)."""
     if isinstance(cfg, str): cfg = preset(cfg)
     if n_threads is not None and (not isinstance(n_threads, int) or isinstance(n_threads, bool) or n_threads < 1):
         raise ValueError(f"n_threads (CLI: --threads) must be a positive integer, got {n_threads!r}")
@@ -619,7 +711,7 @@ def train(cfg: RunConfig|str, run_dir, overwrite: bool=False, progress: bool=Tru
     if n_threads: torch.set_num_threads(n_threads)          # only for this call: restored below
     tc, run_dir = cfg.train, Path(run_dir)
     rank, world, created = _dist(ex.device)
-    try: return _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change, ex)
+    try: return _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change, ex, extend)
     finally:
         if created: torch.distributed.destroy_process_group()
         torch.set_num_threads(threads)
@@ -679,15 +771,16 @@ def _repair_log(cfg, corpus, run_dir, model, start: int, world: int, progress: b
     snapshot; a missing snapshot or train-loss row by replaying training from step 0. Rewrites the log only if it changed."""
     tc, path = cfg.train, run_dir/'metrics.jsonl'
     done = start == tc.steps
+    keep = done or (run_dir/'snapshots'/_snap_name(start)).exists()   # the snapshot at `start` is kept if there, else redone
     rows, bad = _parse_metrics(path)
     if bad: print(f"{path}: line(s) {bad[:5]} are damaged; rebuilding the log from its intact rows, the snapshots and, "
                   "where needed, by replaying training.", file=sys.stderr)
-    rows = [r for r in rows if r['step'] < start or (r['step'] == start and (done or 'val_loss' not in r))]
+    rows = [r for r in rows if r['step'] < start or (r['step'] == start and (keep or 'val_loss' not in r))]
     seen, kept = set(), []
     for r in rows:                                   # one row per (step, kind)
         key = (r['step'], 'val_loss' in r)
         if key not in seen: seen.add(key); kept.append(r)
-    want_snaps = [s for s in tc.snapshot_steps() if s < start or (done and s == start)]
+    want_snaps = [s for s in tc.snapshot_steps() if s < start or (keep and s == start)]
     missing_snaps = {s for s in want_snaps if not (run_dir/'snapshots'/_snap_name(s)).exists()}
     if done and start in missing_snaps:              # the final weights are the state's: no need to replay them
         kept = [r for r in kept if not (r['step'] == start and 'val_loss' in r)] + [_snapshot_row(model, corpus, cfg, run_dir, start)]
@@ -713,7 +806,7 @@ def _repair_log(cfg, corpus, run_dir, model, start: int, world: int, progress: b
     if not path.exists() or path.read_bytes() != text: atomic_write(path, text)
 
 # %% ../nbs/02_training.ipynb #37ee826f
-def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change=False, ex=None) -> Run:
+def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_corpus_change=False, ex=None, extend=False) -> Run:
     if tc.batch_size % world: raise ValueError(f"TrainConfig.batch_size={tc.batch_size} must be divisible by the "
                                                f"number of processes ({world})")
     corpus = make_corpus(cfg.corpus)
@@ -721,10 +814,12 @@ def _train(cfg, tc, run_dir, overwrite, progress, on_step, rank, world, allow_co
     lock = None
     def open_dir():
         nonlocal lock
-        lock, resume = _open_dir(run_dir, cfg, overwrite, corpus, allow_corpus_change)
+        lock, resume = _open_dir(run_dir, cfg, overwrite, corpus, allow_corpus_change, extend)
         return resume
-    # rank 0 checks/creates the directory; every rank learns whether there is state to resume from (or the error)
-    resume = _on_rank0(world, open_dir)
+    # rank 0 checks/creates the directory; every rank learns whether there is state to resume from and the run's config
+    # (an extended run's: its `extended_from` places the snapshots), or the error
+    resume, cfg = _on_rank0(world, open_dir)
+    tc = cfg.train
     try: return _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resume, ex)
     finally: _unlock(lock)
 
@@ -753,7 +848,10 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
     state_path = run_dir/'state.safetensors'
 
     def emit(row):
-        if log: log.write(json.dumps(row) + '\n'); log.flush()
+        if not log: return
+        try: log.write(json.dumps(row) + '\n'); log.flush()
+        except OSError as e:                         # a full disk: say which file
+            raise type(e)(e.errno, e.strerror or str(e), str(metrics_path)) from None
     def diverged(step, what):
         kept = _load_state_step(state_path)
         return TrainingDiverged(
@@ -773,14 +871,15 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
         if not _finite(model): raise diverged(step, "the weights are not finite")
         emit(_snapshot_row(model, corpus, cfg, run_dir, step))
 
-    # Ctrl-C (SIGINT) sets a flag; the loop saves the state at the next step boundary and stops. A second Ctrl-C stops
-    # at once. Under torchrun the ranks cannot agree on a step without a collective, so there Ctrl-C keeps its default.
-    stop, old_handler = [], None
-    def on_sigint(signum, frame):
-        if stop: raise KeyboardInterrupt
+    # Ctrl-C (SIGINT) or SIGTERM sets a flag; the loop saves the state at the next step boundary and stops. A second one
+    # stops at once. Under torchrun the ranks cannot agree on a step without a collective, so there both keep their default.
+    stop, old_handlers = [], {}
+    def on_signal(signum, frame):
+        if stop:
+            e = KeyboardInterrupt(); e.signum = signum; raise e
         stop.append(signum)
     if world == 1 and threading.current_thread() is threading.main_thread():
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
+        old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     bar = tqdm(total=tc.steps, initial=start, disable=not progress or rank != 0, desc=run_dir.name, dynamic_ncols=True)
     losses, t0 = pending, time.perf_counter()
@@ -790,9 +889,13 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
             if stop:
                 if log: log.flush(); os.fsync(log.fileno())
                 _save_state(state_path, model, opt, step, pending=check(step))
-                raise TrainingInterrupted(f"the state of {run_dir} is saved at step {step}; run the same command again "
-                                          "to resume from there.")
-            if step in snaps: check(step); snapshot(step)
+                e = TrainingInterrupted(f"the state of {run_dir} is saved at step {step}; run the same command again "
+                                        "to resume from there.")
+                e.signum = stop[0]
+                raise e
+            if step in snaps and not (step == start and (run_dir/'snapshots'/_snap_name(step)).exists()):
+                check(step)
+                snapshot(step)
             losses.append(_step(model, fwd, opt, corpus, cfg, step, rank, per_rank, ex))   # no host sync per step
             if on_step: on_step(step + 1, check(step + 1)[-1])
             if (step + 1) % tc.log_every == 0:
@@ -813,11 +916,12 @@ def _train_locked(cfg, tc, run_dir, progress, on_step, rank, world, corpus, resu
             bar.update(1)
         check(tc.steps)
         snapshot(tc.steps)
-        if rank == 0: _save_state(state_path, model, opt, tc.steps)
+        if rank == 0: _save_state(state_path, model, opt, tc.steps, pending=losses)   # losses since the last row: an extension's first row needs them
     finally:
         bar.close()
         if log: log.close()
-        if old_handler is not None: signal.signal(signal.SIGINT, old_handler)
+        for s, h in old_handlers.items():
+            if h is not None: signal.signal(s, h)
     if world > 1:   # let go of DDP's hold on the process group while every rank is still alive, then meet
         del ddp
         gc.collect()
