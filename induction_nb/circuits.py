@@ -17,7 +17,7 @@ from .scores import _qk_ov, _ln_fold, composition_scores, ov_eigen_copying, atte
 from .experiment import RunTables, load_or_compute, load_or_compute_each, shade, tokens_axis, boot_means
 from .phase import PhaseWindow          # also gives RunTables.window()
 from .zoo import train_zoo
-from .tables import fmt, fmt_pct, show_table
+from .tables import fmt, fmt_pct, show_table, result_box
 
 # %% auto #0
 __all__ = ['PATHS', 'find_circuit', 'circuit_pool', 'eigen_ratio', 'ov_eigenvalues', 'qk_token_circuit', 'qk_trace',
@@ -502,14 +502,14 @@ def patching_text(summary: pd.DataFrame, patching: pd.DataFrame, receiver) -> st
 def fig_patterns(patterns: dict, receiver: tuple[int, int], vmax: float=0.5):
     "The receiver's attention pattern on one repeated window: clean, corrupted, key-patched, query-patched; queries of the second copy as rows, keys after BOS as columns."
     half = (len(patterns['tokens']) - 1) // 2
-    fig, axs = plt.subplots(1, 4, figsize=(13, 3.2), sharey=True, constrained_layout=True)
-    for ax, k, title in zip(axs, ('clean', 'corrupted', 'key', 'query'), ('clean', 'corrupted', 'corrupted, key ← clean layer 0', 'corrupted, query ← clean layer 0')):
+    fig, axs = plt.subplots(2, 2, figsize=(9.5, 6.4), sharex=True, sharey=True, constrained_layout=True)   # two rows: readable at page width
+    for ax, k, title in zip(axs.flat, ('clean', 'corrupted', 'key', 'query'), ('clean', 'corrupted', 'corrupted, key ← clean layer 0', 'corrupted, query ← clean layer 0')):
         im = ax.imshow(patterns[k][half + 1:, 1:], cmap='Blues', vmin=0, vmax=vmax, aspect='auto', interpolation='nearest',
                        extent=(0.5, patterns[k].shape[1] - 0.5, 2 * half + 0.5, half + 0.5))
         ax.axvline(half + 0.5, color='0.5', lw=0.6, ls='--')
-        ax.set(title=title, xlabel='key position')
-        ax.title.set_fontsize(9)
-    axs[0].set_ylabel('query position (second copy)')
+        ax.set(title=title, xlabel='key position' if ax in axs[1] else None)
+        ax.title.set_fontsize(10)
+    for row in axs: row[0].set_ylabel('query position (second copy)')
     fig.colorbar(im, ax=axs, shrink=0.85, label=f'attention of {receiver[0]}.{receiver[1]}')
     return fig
 
@@ -595,10 +595,9 @@ def mechanism_box(t: RunTables, circuit: dict, training: pd.DataFrame, summary: 
             f"scores {fmt(early.previous_token.iloc[0], 2)}); {int((o[[1, 2, 3]].sum(axis=1) > 0.5).sum())} of its {len(o)} heads put more "
             "than half of their attention on the last three tokens")
     r = heads[(heads.layer == L) & (heads['head'] == h)].iloc[0]
-    return (f"> **The result in numbers** ({t.name}, last snapshot):\n>\n"
-            f"> - induction head **{L}.{h}** (prefix matching {fmt(r.prefix_matching, 2)}); {prev}.\n"
-            f"> - its key reads layer {L - 1}: K-composition {fmt(sel('K'), 3)} against Q {fmt(sel('Q'), 3)} and V {fmt(sel('V'), 3)} "
+    return result_box(f"- induction head **{L}.{h}** (prefix matching {fmt(r.prefix_matching, 2)}); {prev}.\n"
+            f"- its key reads layer {L - 1}: K-composition {fmt(sel('K'), 3)} against Q {fmt(sel('Q'), 3)} and V {fmt(sel('V'), 3)} "
             f"(means over the layer-{L - 1} heads; at initialisation all are about {fmt(np.mean([_at(training, k, 0).value.mean() for k in 'KQV']), 3)}).\n"
-            f"> - its OV circuit copies: Re(Σλ)/Σ|λ| = {fmt(sel('ov'), 3)} (1 is a pure copy).\n"
-            f"> - path patching: layer {L - 1}'s clean output in its key restores {rec('key')} of its induction attention, in its query "
-            f"{rec('query')}, in its value {rec('value')}.")
+            f"- its OV circuit copies: Re(Σλ)/Σ|λ| = {fmt(sel('ov'), 3)} (1 is a pure copy).\n"
+            f"- path patching: layer {L - 1}'s clean output in its key restores {rec('key')} of its induction attention, in its query "
+            f"{rec('query')}, in its value {rec('value')}.", note=f"({t.name}, last snapshot):")

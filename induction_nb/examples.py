@@ -16,7 +16,7 @@ from .data import encode, decode, BOS
 from .model import Transformer, per_token_loss
 from .experiment import mean_ci
 from .ablation import ablate, head_classes
-from .tables import fmt, fmt_ci, show_table
+from .tables import fmt, fmt_ci, show_table, result_box
 
 # %% auto #0
 __all__ = ['MATCHES', 'NAMES', 'VERBS', 'OBJECTS', 'SENTENCES', 'FILLERS', 'CATEGORIES', 'SHORT_NAMES', 'SUMMARY_COLS',
@@ -515,8 +515,7 @@ def examples_box(results: dict) -> str:
     def line(c):
         have = {k: s.loc[c] for k, s in S.items() if c in s.index}
         helped = sum(float(r.delta_lo) > 0 for r in have.values())
-        return (f"> - **{c}**: " + '; '.join(f"{k} {fmt_ci(r.delta, r.delta_lo, r.delta_hi, digits=2, sign=True)}" for k, r in have.items())
+        return (f"- **{c}**: " + '; '.join(f"{k} {fmt_ci(r.delta, r.delta_lo, r.delta_hi, digits=2, sign=True)}" for k, r in have.items())
                 + f" (interval above 0 in {helped} of {len(have)}); first byte of each span " + ', '.join(fmt(r.delta_first, 2, sign=True) for r in have.values()))
-    return ("> **The result in numbers.** Ablating each model's induction heads (" + ', '.join(S) + "): the loss increase on "
-            "second occurrences in nats, mean over prompts with its 95% interval, per category; details in [Summary](#summary).\n>\n"
-            + '\n'.join(line(c) for c in cats))
+    return result_box('\n'.join(line(c) for c in cats), note="— ablating each model's induction heads (" + ', '.join(S) + "): the loss "
+                      "increase on second occurrences in nats, mean over prompts with its 95% interval, per category; details in [Summary](#summary).")

@@ -16,7 +16,7 @@ from .sweep import add_measure, sweep
 from .experiment import RunTables, load_results, load_or_compute, load_or_compute_each, shade, tokens_axis, run_color
 from .phase import summarize, icl_derivative
 from .zoo import train_zoo, has_window
-from .tables import fmt, fmt_tokens, show_table
+from .tables import fmt, fmt_tokens, show_table, result_box
 
 # %% auto #0
 __all__ = ['smear_sigma', 'smear_table', 'load_or_compute_smear', 'fig_plain_vs_smeared', 'window_shift', 'shift_text',
@@ -134,9 +134,8 @@ def shift_text(shift: pd.DataFrame) -> str:
     return '\n'.join(out)
 
 def smeared_box(shift: pd.DataFrame) -> str:
-    "The result in numbers, for the box under the lede: `shift_text` as a quote block."
-    return ("> **The result in numbers** (details in [the runs](#the-runs) and below):\n>\n"
-            + '\n'.join('> ' + l for l in shift_text(shift).split('\n')))
+    "The result in numbers, for the box under the lede: `shift_text` in a `result_box`."
+    return result_box(shift_text(shift), note="(each seed's value; details in [the runs](#the-runs) and below):")
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #beb5d9e3
 def best_head(t: RunTables) -> pd.Series:
