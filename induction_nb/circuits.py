@@ -591,7 +591,7 @@ def mechanism_box(t: RunTables, circuit: dict, training: pd.DataFrame, summary: 
     o = offsets[offsets.layer == L - 1].pivot(index='head', columns='offset', values='attention')
     rec = lambda k: fmt_pct(float(summary.loc[k, 'attention_recovered']))
     prev = (f"previous-token heads (score ≥ 0.4): {', '.join(f'{a}.{b}' for a, b in circuit['previous'])}" if circuit['previous'] else
-            f"**no previous-token head**: no head of layer {L - 1} reaches 0.4 (the best, {int(early.layer.iloc[0])}.{int(early['head'].iloc[0])}, "
+            f"**no previous-token head**: no head of layer {L - 1} reaches 0.4 (the best, head {int(early.layer.iloc[0])}.{int(early['head'].iloc[0])}, "
             f"scores {fmt(early.previous_token.iloc[0], 2)}); {int((o[[1, 2, 3]].sum(axis=1) > 0.5).sum())} of its {len(o)} heads put more "
             "than half of their attention on the last three tokens")
     r = heads[(heads.layer == L) & (heads['head'] == h)].iloc[0]
