@@ -17,6 +17,7 @@ from .scores import _qk_ov, _ln_fold, composition_scores, ov_eigen_copying, atte
 from .experiment import RunTables, load_or_compute, load_or_compute_each, shade, tokens_axis, boot_means
 from .phase import PhaseWindow          # also gives RunTables.window()
 from .zoo import train_zoo
+from .tables import fmt, fmt_pct, show_table, result_box
 
 # %% auto #0
 __all__ = ['PATHS', 'find_circuit', 'circuit_pool', 'eigen_ratio', 'ov_eigenvalues', 'qk_token_circuit', 'qk_trace',
@@ -24,17 +25,17 @@ __all__ = ['PATHS', 'find_circuit', 'circuit_pool', 'eigen_ratio', 'ov_eigenvalu
            'patching_summary', 'attention_by_offset', 'circuit_over_training', 'mechanism_results', 'save_mechanism',
            'load_mechanism', 'load_or_compute_mechanism', 'fig_composition', 'fig_composition_training',
            'composition_text', 'fig_ov', 'ov_text', 'fig_qk', 'qk_text', 'fig_patching', 'patching_text',
-           'fig_patterns', 'patterns_text', 'fig_layer0', 'layer0_text', 'comparison_text']
+           'fig_patterns', 'patterns_text', 'fig_layer0', 'layer0_text', 'comparison_text', 'mechanism_box']
 
 # %% ../nbs/09_arg5_mechanism.ipynb #006610ff
 def find_circuit(t: RunTables, prefix_min: float=0.3, prev_min: float=0.4) -> dict:
     """The circuit by the scores at the last snapshot of `t`: `induction` heads (layer ≥ 1, prefix matching ≥ `prefix_min`,
     best first), `previous` heads (in earlier layers, previous-token score ≥ `prev_min`, best first; may be empty) and
-    `heads`, the `classify_heads` table. An error if no head reaches `prefix_min`."""
+    `heads`, the `classify_heads` table (without its copying column: the OV circuit has its own section). An error if no head reaches `prefix_min`."""
     last = t.heads[t.heads.step == t.heads.step.max()].sort_values(['layer', 'head'])
     shape = (t.n_layers, int(last['head'].max()) + 1)
     prefix, prev = (torch.tensor(last[c].to_numpy()).view(shape) for c in ('prefix', 'prev'))
-    df = classify_heads(prefix, prev, prefix_min=prefix_min, prev_min=prev_min)
+    df = classify_heads(prefix, prev, prefix_min=prefix_min, prev_min=prev_min).drop(columns='copying')   # OV copying: its own section
     ind = df[(df.layer >= 1) & (df.kind == 'induction')].sort_values('prefix_matching', ascending=False)
     if not len(ind): raise ValueError(f"No head of layer >= 1 reaches prefix matching {prefix_min}: "
                                       f"the best is {df[df.layer >= 1].prefix_matching.max():.2f}")
@@ -503,14 +504,14 @@ def patching_text(summary: pd.DataFrame, patching: pd.DataFrame, receiver) -> st
 def fig_patterns(patterns: dict, receiver: tuple[int, int], vmax: float=0.5):
     "The receiver's attention pattern on one repeated window: clean, corrupted, key-patched, query-patched; queries of the second copy as rows, keys after BOS as columns."
     half = (len(patterns['tokens']) - 1) // 2
-    fig, axs = plt.subplots(1, 4, figsize=(13, 3.2), sharey=True, constrained_layout=True)
-    for ax, k, title in zip(axs, ('clean', 'corrupted', 'key', 'query'), ('clean', 'corrupted', 'corrupted, key ← clean layer 0', 'corrupted, query ← clean layer 0')):
+    fig, axs = plt.subplots(2, 2, figsize=(9.5, 6.4), sharex=True, sharey=True, constrained_layout=True)   # two rows: readable at page width
+    for ax, k, title in zip(axs.flat, ('clean', 'corrupted', 'key', 'query'), ('clean', 'corrupted', 'corrupted, key ← clean layer 0', 'corrupted, query ← clean layer 0')):
         im = ax.imshow(patterns[k][half + 1:, 1:], cmap='Blues', vmin=0, vmax=vmax, aspect='auto', interpolation='nearest',
                        extent=(0.5, patterns[k].shape[1] - 0.5, 2 * half + 0.5, half + 0.5))
         ax.axvline(half + 0.5, color='0.5', lw=0.6, ls='--')
-        ax.set(title=title, xlabel='key position')
-        ax.title.set_fontsize(9)
-    axs[0].set_ylabel('query position (second copy)')
+        ax.set(title=title, xlabel='key position' if ax in axs[1] else None)
+        ax.title.set_fontsize(10)
+    for row in axs: row[0].set_ylabel('query position (second copy)')
     fig.colorbar(im, ax=axs, shrink=0.85, label=f'attention of {receiver[0]}.{receiver[1]}')
     return fig
 
@@ -581,3 +582,24 @@ def comparison_text(t: RunTables, circuit: dict, training: pd.DataFrame, summary
             ('causal test', 'none for this argument (weights only; ablations are argument 3)',
              f"path patching: key path {float(summary.loc['key', 'attention_recovered']) * 100:.0f}% of the attention, query {float(summary.loc['query', 'attention_recovered']) * 100:.0f}%, value {float(summary.loc['value', 'attention_recovered']) * 100:.0f}%")]
     return '| | the paper | here |\n|---|---|---|\n' + '\n'.join(f'| {a} | {b} | {c} |' for a, b, c in rows)
+
+# %% ../nbs/09_arg5_mechanism.ipynb #35c31f8a
+def mechanism_box(t: RunTables, circuit: dict, training: pd.DataFrame, summary: pd.DataFrame, receiver, offsets: pd.DataFrame) -> str:
+    "The result in numbers, for the box under the lede: the heads found, K- vs Q- and V-composition, OV copying and path patching."
+    L, h = receiver
+    heads = circuit['heads']
+    sel = lambda m: _at(training, m)[lambda d: (d.layer == L) & (d['head'] == h)].value.mean()
+    early = heads[heads.layer < L].sort_values('previous_token', ascending=False)
+    o = offsets[offsets.layer == L - 1].pivot(index='head', columns='offset', values='attention')
+    rec = lambda k: fmt_pct(float(summary.loc[k, 'attention_recovered']))
+    prev = (f"previous-token heads (score ≥ 0.4): {', '.join(f'{a}.{b}' for a, b in circuit['previous'])}" if circuit['previous'] else
+            f"**no previous-token head**: no head of layer {L - 1} reaches 0.4 (the best, head {int(early.layer.iloc[0])}.{int(early['head'].iloc[0])}, "
+            f"scores {fmt(early.previous_token.iloc[0], 2)}); {int((o[[1, 2, 3]].sum(axis=1) > 0.5).sum())} of its {len(o)} heads put more "
+            "than half of their attention on the last three tokens")
+    r = heads[(heads.layer == L) & (heads['head'] == h)].iloc[0]
+    return result_box(f"- induction head **{L}.{h}** (prefix matching {fmt(r.prefix_matching, 2)}); {prev}.\n"
+            f"- its key reads layer {L - 1}: K-composition {fmt(sel('K'), 3)} against Q {fmt(sel('Q'), 3)} and V {fmt(sel('V'), 3)} "
+            f"(means over the layer-{L - 1} heads; at initialisation all are about {fmt(np.mean([_at(training, k, 0).value.mean() for k in 'KQV']), 3)}).\n"
+            f"- its OV circuit copies: Re(Σλ)/Σ|λ| = {fmt(sel('ov'), 3)} (1 is a pure copy).\n"
+            f"- path patching: layer {L - 1}'s clean output in its key restores {rec('key')} of its induction attention, in its query "
+            f"{rec('query')}, in its value {rec('value')}.", note=f"({t.name}, last snapshot):")

@@ -16,13 +16,15 @@ from .data import encode, decode, BOS
 from .model import Transformer, per_token_loss
 from .experiment import mean_ci
 from .ablation import ablate, head_classes
+from .tables import fmt, fmt_ci, show_table, result_box
 
 # %% auto #0
 __all__ = ['MATCHES', 'NAMES', 'VERBS', 'OBJECTS', 'SENTENCES', 'FILLERS', 'CATEGORIES', 'SHORT_NAMES', 'SUMMARY_COLS',
            'MODEL_COLORS', 'PAPER_KIND', 'PAPER_SCORES', 'to_tokens', 'from_tokens', 'Prompt', 'make_prompt',
            'prompt_set', 'corpus_prompts', 'run_prompt', 'prompt_rows', 'text_grid', 'top_keys', 'plot_text',
-           'view_head', 'induction_heads', 'Examples', 'compute_examples', 'per_prompt', 'summarize', 'fig_example',
-           'fig_summary', 'category_text', 'comparison_table', 'shown_prompt', 'limits_text']
+           'view_head', 'induction_heads', 'Examples', 'compute_examples', 'per_prompt', 'summarize_examples',
+           'fig_example', 'fig_summary', 'category_text', 'examples_comparison', 'shown_prompt', 'limits_text',
+           'train_minutes', 'examples_box']
 
 # %% ../nbs/08_arg4_generality.ipynb #eed1d418
 def to_tokens(text: str|bytes) -> torch.Tensor:
@@ -350,7 +352,7 @@ def per_prompt(rows: pd.DataFrame) -> pd.DataFrame:
 
 SUMMARY_COLS = ('clean', 'ablated', 'delta', 'delta_first', 'delta_rest', 'delta_src', 'attn', 'attn_first', 'attn_rest', 'hit')
 
-def summarize(rows: pd.DataFrame, n_boot: int=1000) -> pd.DataFrame:
+def summarize_examples(rows: pd.DataFrame, n_boot: int=1000) -> pd.DataFrame:
     """Per category (in order of appearance): the number of prompts and, for each of `SUMMARY_COLS`, the mean over prompts
     and a 95% bootstrap interval over prompts (`<col>_lo`, `<col>_hi`)."""
     pp = per_prompt(rows)
@@ -430,7 +432,7 @@ def category_text(results: dict, category: str, ref: str='exact repeat') -> str:
     "Computed sentences: per run, what ablating its induction heads does on `category`'s second occurrences, and where its head attends."
     out = []
     for name, ex in results.items():
-        s = summarize(ex.rows)
+        s = summarize_examples(ex.rows)
         if category not in s.index: continue
         c, r = s.loc[category], s.loc[ref]
         who = 'heads' if len(ex.info['heads']) > 1 else 'head'
@@ -449,12 +451,12 @@ PAPER_KIND = {'exact repeat': 'literal copying', 'repeated sentence': 'literal c
               'changed indentation': '–', 'call pattern': 'abstract pattern matching', 'parallel list': 'abstract pattern matching'}
 PAPER_SCORES = {'literal copying': (0.89, 0.75), 'translation (fuzzy matching)': (0.20, 0.85), 'abstract pattern matching': (0.69, 0.94)}
 
-def comparison_table(results: dict) -> pd.DataFrame:
+def examples_comparison(results: dict) -> pd.DataFrame:
     """Category × run: the loss increase on second occurrences from ablating the run's induction heads (nats, 95% interval)
     and the shown head's attention on the aligned source byte; beside them the paper's nearest example head (40 layers)."""
     cols = {}
     for name, ex in results.items():
-        s = summarize(ex.rows)
+        s = summarize_examples(ex.rows)
         cols[f'{name}: Δloss (nats)'] = {c: _ci(r, 'delta') for c, r in s.iterrows()}
         cols[f'{name}: attention on source'] = {c: f"{r.attn:.2f}" for c, r in s.iterrows()}
     df = pd.DataFrame(cols)
@@ -470,7 +472,7 @@ def shown_prompt(ex: Examples, category: str) -> str|None:
 # %% ../nbs/08_arg4_generality.ipynb #1ad0737e
 def limits_text(results: dict) -> str:
     "Computed sentences: across runs, what their induction heads do and do not do on the fuzzy categories."
-    S = {k: summarize(r.rows) for k, r in results.items()}
+    S = {k: summarize_examples(r.rows) for k, r in results.items()}
     rng = lambda cat, col, fmt='{:+.2f}': ', '.join(f"{k} {fmt.format(s.loc[cat, col])}" for k, s in S.items() if cat in s.index)
     have = lambda cat: all(cat in s.index for s in S.values())
     out = []
@@ -499,3 +501,22 @@ def limits_text(results: dict) -> str:
                    rng('changed case', 'delta') + " nats, against " + rng('exact repeat', 'delta') + ". Matching across "
                    "case is weak but not absent; the paper's translation head, which matches across languages, is far beyond it.")
     return '\n\n'.join(out)
+
+# %% ../nbs/08_arg4_generality.ipynb #0c303d61
+def train_minutes(t) -> float:
+    "Minutes a run spent training, from the throughput its training table logs (`tok_per_s` per logged interval; evaluation and snapshots not counted)."
+    tr = t.train
+    return float((np.diff(np.r_[0, tr.tokens.to_numpy(float)]) / tr.tok_per_s.to_numpy(float)).sum() / 60)
+
+def examples_box(results: dict) -> str:
+    """The result in numbers, for the box under the lede: per category, the loss increase on second occurrences from
+    ablating each run's induction heads (mean over prompts, 95% interval), and the same on the first byte of each span."""
+    S = {k: summarize_examples(r.rows) for k, r in results.items()}
+    cats = list(dict.fromkeys(c for s in S.values() for c in s.index))
+    def line(c):
+        have = {k: s.loc[c] for k, s in S.items() if c in s.index}
+        helped = sum(float(r.delta_lo) > 0 for r in have.values())
+        return (f"- **{c}**: " + '; '.join(f"{k} {fmt_ci(r.delta, r.delta_lo, r.delta_hi, digits=2, sign=True)}" for k, r in have.items())
+                + f" (interval above 0 in {helped} of {len(have)}); first byte of each span " + ', '.join(fmt(r.delta_first, 2, sign=True) for r in have.values()))
+    return result_box('\n'.join(line(c) for c in cats), note="— ablating each model's induction heads (" + ', '.join(S) + "): the loss "
+                      "increase on second occurrences in nats, mean over prompts with its 95% interval, per category; details in [Summary](#summary).")

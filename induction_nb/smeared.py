@@ -14,12 +14,13 @@ from .model import ModelConfig, Transformer
 from .train import load_run, in_test
 from .sweep import add_measure, sweep
 from .experiment import RunTables, load_results, load_or_compute, load_or_compute_each, shade, tokens_axis, run_color
-from .phase import summarize
+from .phase import summarize, icl_derivative
 from .zoo import train_zoo, has_window
+from .tables import fmt, fmt_tokens, show_table, result_box
 
 # %% auto #0
 __all__ = ['smear_sigma', 'smear_table', 'load_or_compute_smear', 'fig_plain_vs_smeared', 'window_shift', 'shift_text',
-           'best_head', 'fig_smear', 'smear_text']
+           'smeared_box', 'best_head', 'fig_smear', 'smear_text']
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #c74836e5
 def smear_sigma(model: Transformer, inputs=None) -> torch.Tensor:
@@ -67,41 +68,74 @@ def fig_plain_vs_smeared(plain: list[RunTables], smeared: list[RunTables], title
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #16ef0ca9
 def window_shift(plain: list[RunTables], smeared: list[RunTables]) -> pd.DataFrame:
-    """Per run: where its ICL window starts and ends and when its best head first reaches prefix matching 0.4 (tokens);
-    the groups `plain` and `smeared` side by side, for the seed spread."""
+    """Per run: how many tokens it trained for, where its ICL window starts and ends and when its best head first reaches
+    prefix matching 0.4 (tokens); whether the window is `truncated` (ends at the last snapshot), the ICL score's slope
+    there (`end_slope`, nats per e-fold of tokens) and the gap from the window's start to the next snapshot (`start_gap`,
+    the resolution of the start). The groups `plain` and `smeared` side by side, one row per seed."""
     rows = {}
     for group, ts in (('plain', plain), ('smeared', smeared)):
         for t in ts:
             s = summarize(t, t.window() if has_window(t) else None)
-            rows[t.name] = dict(group=group, layers=t.n_layers, window_start=s.get('window_start', np.nan),
+            tok = t.snaps.tokens.to_numpy(dtype=float)
+            start = s.get('window_start', np.nan)
+            later = tok[tok > start] if not np.isnan(start) else []
+            rows[t.name] = dict(group=group, layers=t.n_layers, tokens_trained=tok.max(), window_start=start,
                                 window_end=s.get('window_end', np.nan), tokens_prefix_04=s['tokens_prefix_0.4'],
-                                final_prefix=s['final_prefix'], final_icl=s['final_icl'])
-    return pd.DataFrame(rows).T
+                                final_prefix=s['final_prefix'], final_icl=s['final_icl'],
+                                truncated=bool(s.get('window_end', np.nan) >= tok.max()),
+                                end_slope=float(icl_derivative(tok, t.snaps.icl)[2][-1]),
+                                start_gap=float(later.min() - start) if len(later) else np.nan)
+    return pd.DataFrame(rows).T.infer_objects()
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #d04ec9ed
-def _ms(v, fmt='{:.2f}', scale=1.0) -> str:
-    "Mean ± sd (or the single value) of `v`, scaled and formatted."
-    v = np.asarray(v, dtype=float) * scale
-    v = v[~np.isnan(v)]
-    if not len(v): return 'n/a'
-    return fmt.format(v.mean()) + (f" ± {fmt.format(v.std(ddof=1)).lstrip('+')}" if len(v) > 1 else '')
+def _each(v, f=fmt) -> str:
+    "Each seed's value through `f`: 'a', 'a and b', 'a, b and c' ('n/a' when there is none)."
+    s = [f(float(x)) for x in np.asarray(v, dtype=float) if not np.isnan(x)]
+    return 'n/a' if not s else s[0] if len(s) == 1 else ', '.join(s[:-1]) + ' and ' + s[-1]
+
+def _one(v, f=fmt) -> str:
+    "One value through `f` when every seed has the same, else each seed's (`_each`)."
+    v = pd.Series(np.asarray(v, dtype=float)).dropna()
+    return f(v.iloc[0]) if len(v) and v.nunique() == 1 else _each(v, f)
+
+def _starts(g: pd.DataFrame) -> str:
+    "The window starts of a group of seeds, and when they fall on the same snapshot, the resolution that sets."
+    st = g.window_start.astype(float).dropna()
+    if len(st) > 1 and st.nunique() == 1:
+        return (f"{fmt_tokens(st.iloc[0])} in {'both' if len(st) == 2 else f'all {len(st)}'} seeds (the same snapshot; the next one is "
+                f"{fmt_tokens(g.start_gap.astype(float).max())} tokens later, so the seeds agree to within that spacing, not exactly)")
+    return _each(st, fmt_tokens)
 
 def shift_text(shift: pd.DataFrame) -> str:
-    "Argument 2 in sentences, from `window_shift`: 1 layer plain vs smeared, and how far the 2-layer window moves."
+    "Argument 2 in sentences, from `window_shift`: 1 layer plain vs smeared, how far the 2-layer window moves, and which windows are cut off."
     g = lambda layers, group: shift[(shift.layers == layers) & (shift.group == group)]
     p1, s1, p2, s2 = g(1, 'plain'), g(1, 'smeared'), g(2, 'plain'), g(2, 'smeared')
-    out = [f"- **One layer.** Plain ({len(p1)} seeds): best prefix matching {_ms(p1.final_prefix)} at the end, final ICL "
-           f"{_ms(p1.final_icl, '{:+.3f}')} nats. Smeared key ({len(s1)} seeds): best prefix matching {_ms(s1.final_prefix)}, final ICL "
-           f"{_ms(s1.final_icl, '{:+.3f}')} nats, with an ICL window starting at {_ms(s1.window_start, '{:.1f}', 1e-6)}M tokens "
-           f"and a head reaching 0.4 at {_ms(s1.tokens_prefix_04, '{:.1f}', 1e-6)}M."]
+    icl = lambda x: fmt(x, 3)
+    out = [f"- **One layer.** Plain ({len(p1)} seeds, trained to {_one(p1.tokens_trained, fmt_tokens)} tokens): best prefix matching "
+           f"{_each(p1.final_prefix, lambda x: fmt(x, 2))} at the end, final ICL {_each(p1.final_icl, icl)} nats; no induction head "
+           f"within those tokens (whether one forms later is not tested here). Smeared key ({len(s1)} seeds, "
+           f"{_one(s1.tokens_trained, fmt_tokens)} tokens): best prefix matching {_each(s1.final_prefix, lambda x: fmt(x, 2))}, final ICL "
+           f"{_each(s1.final_icl, icl)} nats, an ICL window starting at {_starts(s1)}, and a head reaching 0.4 at "
+           f"{_each(s1.tokens_prefix_04, fmt_tokens)} tokens."]
     if len(p2) and len(s2):
-        d = s2.window_start.astype(float).mean() - p2.window_start.astype(float).mean()
-        out.append(f"- **Two layers.** The ICL window starts at {_ms(p2.window_start, '{:.1f}', 1e-6)}M tokens plain ({len(p2)} seeds) "
-                   f"and {_ms(s2.window_start, '{:.1f}', 1e-6)}M with the smeared key ({len(s2)} seeds): "
-                   f"{abs(d)/1e6:.1f}M tokens {'earlier' if d < 0 else 'later'} (a factor {p2.window_start.astype(float).mean() / s2.window_start.astype(float).mean():.1f}). "
-                   f"The best head reaches prefix matching 0.4 at {_ms(p2.tokens_prefix_04, '{:.1f}', 1e-6)}M plain and "
-                   f"{_ms(s2.tokens_prefix_04, '{:.1f}', 1e-6)}M smeared.")
+        a, b = p2.window_start.astype(float).mean(), s2.window_start.astype(float).mean()
+        out.append(f"- **Two layers.** The ICL window starts at {_starts(p2)} tokens plain ({len(p2)} seeds) and {_starts(s2)} with the "
+                   f"smeared key ({len(s2)} seeds): on average {fmt_tokens(abs(b - a))} tokens {'earlier' if b < a else 'later'} (a factor "
+                   f"{fmt(a / b, 1)}). The best head reaches prefix matching 0.4 at {_each(p2.tokens_prefix_04, fmt_tokens)} plain and "
+                   f"{_each(s2.tokens_prefix_04, fmt_tokens)} smeared. Final ICL: plain {_each(p2.final_icl, icl)}, smeared "
+                   f"{_each(s2.final_icl, icl)} nats" + (f" — the smeared seeds end {fmt(np.ptp(s2.final_icl.astype(float)), 2)} nats apart, "
+                   "so their mean would hide that one of them is far from the plain runs' level." if len(s2) > 1 else "."))
+    cut = shift[shift.truncated & shift.window_start.notna()]
+    for name, r in cut.iterrows():
+        out.append(f"- **{name}**: its window ends at its last snapshot ({fmt_tokens(r.tokens_trained)} tokens), and its ICL score is "
+                   + (f"still falling there ({fmt(r.end_slope, 3)} nats per e-fold of tokens)" if r.end_slope < 0 else
+                      f"no longer falling there ({fmt(r.end_slope, 3, sign=True)} nats per e-fold)")
+                   + ": the window is cut off by the end of training, not closed, and its final ICL is not where the run would settle.")
     return '\n'.join(out)
+
+def smeared_box(shift: pd.DataFrame) -> str:
+    "The result in numbers, for the box under the lede: `shift_text` in a `result_box`."
+    return result_box(shift_text(shift), note="(each seed's value; details in [the runs](#the-runs) and below):")
 
 # %% ../nbs/06_arg2_smeared_keys.ipynb #beb5d9e3
 def best_head(t: RunTables) -> pd.Series:
@@ -112,8 +146,10 @@ def best_head(t: RunTables) -> pd.Series:
 def fig_smear(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables]):
     """One panel per smeared run: each head's σ(α) over training, coloured by layer; the head that ends with
     the best prefix-matching score drawn thick. `tables` maps the same keys to the runs' `RunTables`."""
-    fig, axs = plt.subplots(1, len(smears), figsize=(4.6 * len(smears), 3.1), sharey=True, squeeze=False)
-    for ax, (k, df) in zip(axs[0], smears.items()):
+    ncols = min(2, len(smears)); nrows = -(-len(smears) // ncols)                   # two panels a row: readable at page width
+    fig, axs = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 3.2 * nrows), sharey=True, squeeze=False)
+    for ax in axs.flat[len(smears):]: ax.set_visible(False)
+    for ax, (k, df) in zip(axs.flat, smears.items()):
         t = tables[k]
         best = best_head(t)
         for (l, h), g in df.groupby(['layer', 'head']):
@@ -125,7 +161,7 @@ def fig_smear(smears: dict[str, pd.DataFrame], tables: dict[str, RunTables]):
         ax.set_xlim(left=2e5)
         ax.set_title(f"{t.name} (thick: head {int(best.layer)}.{int(best['head'])}, best prefix matching)", fontsize=9)
         ax.legend(fontsize=8)
-    axs[0][0].set_ylabel('σ(α): 1 = ordinary key')
+    for row in axs: row[0].set_ylabel('σ(α): 1 = ordinary key')
     fig.tight_layout()
     return fig
 
