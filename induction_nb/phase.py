@@ -17,12 +17,13 @@ from .experiment import (RunTables, load_results, run_tables, load_or_compute, s
                                      smoothed_train_loss, seed_groups, WINDOW_STYLE)
 
 # %% auto #0
-__all__ = ['SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window', 'icl_fraction_in_window',
-           'fig_overview', 'fig_window', 'fig_heads', 'fig_loss_by_index', 'log_bins', 'loss_index_derivative',
-           'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca', 'summarize', 'summary_table', 'seed_spread',
-           'paper_table', 'differences_text', 'loss_gap_text', 'heads_text', 'context_gap', 'context_gap_text',
-           'pca_speed', 'pca_text', 'settings_text', 'calibration_table', 'fig_settings', 'phase_change_runs',
-           'draw_figures', 'phase_change', 'report', 'phase_setup', 'phase_change_cmd']
+__all__ = ['MIN_DROP', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window',
+           'icl_fraction_in_window', 'window_drop', 'fall_kind', 'fig_overview', 'fig_window', 'fig_heads',
+           'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
+           'summarize', 'summary_table', 'seed_spread', 'paper_table', 'differences_text', 'loss_gap_text',
+           'heads_text', 'context_gap', 'context_gap_text', 'pca_speed', 'pca_text', 'settings_text',
+           'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures', 'phase_change', 'report',
+           'phase_setup', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -91,15 +92,38 @@ def icl_fraction_in_window(tokens, icl, window: PhaseWindow) -> float:
     final = float(np.mean(np.asarray(icl, dtype=float)[-3:]))
     return (at(window.start) - at(window.end)) / -final
 
+# %% ../nbs/04_phase_change.ipynb #540f2e86
+MIN_DROP = 0.125      # nats: half the paper's change across its window (from about −0.15 to about −0.4)
+
+def window_drop(tokens, icl, window: PhaseWindow) -> float:
+    "How far the smoothed ICL score falls across `window`, in nats (positive when it falls)."
+    t, ys, _ = icl_derivative(tokens, icl, window.sigma)
+    at = lambda x: float(np.interp(np.log(x), np.log(t), ys))
+    return at(window.start) - at(window.end)
+
+def fall_kind(tokens, icl, prefix=None, min_drop: float=MIN_DROP, **kw) -> tuple[str, PhaseWindow|None, float]:
+    """`(kind, window, drop)`: what the window rule finds in an ICL curve: 'phase change' (a window across which the
+    smoothed score falls by at least `min_drop` nats), 'gentle fall' (a window with a smaller fall) or 'none' (no fall
+    as steep as `min_slope`). `prefix` and `kw` go to `phase_window`."""
+    try: w = phase_window(tokens, icl, prefix=prefix, **kw)
+    except ValueError: return 'none', None, 0.0
+    drop = window_drop(tokens, icl, w)
+    return ('phase change' if drop >= min_drop else 'gentle fall'), w, drop
+
 # %% ../nbs/04_phase_change.ipynb #76331a37
 @patch
 def window(self: RunTables, **kw) -> PhaseWindow|None:
-    "This run's phase-change window (`phase_window` on its ICL and best-prefix curves), or None, with a warning, if none."
+    "This run's window (`phase_window` on its ICL and best-prefix curves), or None, with a warning, if none."
     try: return phase_window(self.snaps.tokens, self.snaps.icl, prefix=self.snaps.prefix_max, **kw)
     except ValueError as e:
         import warnings
         warnings.warn(f"{self.name}: no phase-change window ({e})")
         return None
+
+@patch
+def fall(self: RunTables, **kw) -> tuple[str, PhaseWindow|None, float]:
+    "`fall_kind` of this run: ('phase change' | 'gentle fall' | 'none', window, drop in nats)."
+    return fall_kind(self.snaps.tokens, self.snaps.icl, prefix=self.snaps.prefix_max, **kw)
 
 # %% ../nbs/04_phase_change.ipynb #9d031a1c
 def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baseline: RunTables|None=None,
@@ -286,7 +310,7 @@ def _first_cross(tokens, y, level):
     return float(np.asarray(tokens)[hit[0]]) if len(hit) else float('nan')
 
 def summarize(t: RunTables, window: PhaseWindow|None=None) -> dict:
-    "Headline numbers of one run (see above); `window=None` finds it, except for 1-layer runs."
+    "Headline numbers of one run (see above); `window=None` runs the window rule (every run, 1-layer ones included)."
     s, tok = t.snaps, t.snaps.tokens.values
     last, fin = s.iloc[-1], t.info.get('final_icl')      # `fin`: the last snapshot's ICL on many more windows
     h = t.heads[t.heads.step == last.step]
@@ -298,14 +322,16 @@ def summarize(t: RunTables, window: PhaseWindow|None=None) -> dict:
     for level in (0.2, 0.4, 0.7):
         out[f'tokens_prefix_{level}'] = _first_cross(tok, s.prefix_max, level)
         out[f'step_prefix_{level}'] = _first_cross(s.step.values, s.prefix_max, level)
-    if window is None and t.n_layers >= 2: window = t.window()
+    kind, found, drop = t.fall()
+    if window is None: window = found
+    out.update(fall=kind, steepest_fall=float(-icl_derivative(tok, s.icl)[2].min()))
     if window is not None:
         before, at_end = s[tok <= window.start].iloc[-1], s[tok <= window.end].iloc[-1]
         out.update(window_start=window.start, window_end=window.end,
                    prefix_window_start=float(before.prefix_max), prefix_window_end=float(at_end.prefix_max),
                    window_start_step=int(before.step), window_end_step=int(at_end.step),
                    icl_before=float(before.icl), icl_before_lo=float(before.icl_lo), icl_before_hi=float(before.icl_hi),
-                   frac_in_window=icl_fraction_in_window(tok, s.icl, window))
+                   window_drop=window_drop(tok, s.icl, window), frac_in_window=icl_fraction_in_window(tok, s.icl, window))
         out['prefix_0.4_in_window'] = bool(window.start <= out['tokens_prefix_0.4'] <= window.end)
     return out
 
@@ -584,19 +610,24 @@ def phase_change(out='runs', seeds=(0,), seeds_1l=(0,), setting: str='paper', n_
 
 # %% ../nbs/04_phase_change.ipynb #20efae8f
 def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
-    "The headline numbers as plain text (what the CLI prints)."
+    """The headline numbers as plain text (what the CLI prints). The final ICL is the last snapshot's, on the large final
+    sample, with a 95% interval that resamples source files; "before" is the curve's sample."""
     lines = []
     for name, r in summary.iterrows():
-        if r.layers >= 2 and not math.isnan(r.get('window_start', float('nan'))):
+        n = int(r.final_icl_windows)
+        fin = f"{r.final_icl:+.3f} [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}] nats at the end ({n:,} windows)"
+        if r.get('fall') == 'phase change':
             lines.append(f"{name}: phase change at {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens "
                          f"(steps {int(r.window_start_step)}–{int(r.window_end_step)}); ICL {r.icl_before:+.3f} before → "
-                         f"{r.final_icl:+.3f} [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}] nats at the end "
-                         f"({r.frac_in_window:.0%} of it inside the window); prefix matching {r.final_prefix:.2f} at the end"
+                         f"{fin} ({r.frac_in_window:.0%} of it inside the window); prefix matching {r.final_prefix:.2f} at the end"
                          + (" — no induction head formed, so this window is not an induction-head phase change"
                             if r.best_prefix < 0.2 else ""))
         else:
-            lines.append(f"{name}: final ICL {r.final_icl:+.3f} [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}] nats; "
-                         f"best prefix-matching score ever {r.best_prefix:.2f}")
+            what = (f"no phase change: its steepest ICL fall is a gentle one ({r.steepest_fall:.3f} nats per e-fold, "
+                    f"{r.window_drop:.3f} nats across {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens; a phase change "
+                    f"falls ≥ {MIN_DROP} nats)" if r.get('fall') == 'gentle fall' else
+                    f"no phase change: the ICL score never falls faster than {r.steepest_fall:.3f} nats per e-fold")
+            lines.append(f"{name}: final ICL {fin}; best prefix-matching score ever {r.best_prefix:.2f}; {what}")
     return '\n'.join(lines)
 
 # %% ../nbs/04_phase_change.ipynb #27a13826
