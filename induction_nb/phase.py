@@ -15,6 +15,7 @@ from fastcore.basics import patch
 from .train import train, preset, preset_for_env, in_test, RunConfig
 from .experiment import (RunTables, load_results, run_tables, load_or_compute, shade, tokens_axis, run_color,
                                      smoothed_train_loss, seed_groups, WINDOW_STYLE)
+from .tables import show_table, fmt, fmt_ci, fmt_tokens, fmt_pct
 
 # %% auto #0
 __all__ = ['MIN_DROP', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window',
@@ -23,7 +24,7 @@ __all__ = ['MIN_DROP', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_
            'summarize', 'summary_table', 'seed_spread', 'paper_table', 'differences_text', 'loss_gap_text',
            'heads_text', 'context_gap', 'context_gap_text', 'pca_speed', 'pca_text', 'settings_text',
            'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures', 'phase_change', 'report',
-           'phase_setup', 'phase_change_cmd']
+           'window_rule_table', 'rule_text', 'phase_setup', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -629,6 +630,44 @@ def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
                     f"no phase change: the ICL score never falls faster than {r.steepest_fall:.3f} nats per e-fold")
             lines.append(f"{name}: final ICL {fin}; best prefix-matching score ever {r.best_prefix:.2f}; {what}")
     return '\n'.join(lines)
+
+# %% ../nbs/04_phase_change.ipynb #86828f2e
+def window_rule_table(tables: list[RunTables]) -> pd.DataFrame:
+    """The window rule on every run: its steepest ICL fall (nats per e-fold of tokens), the window around it, how far the
+    smoothed score falls across it, the verdict (rule 5), and — read only here, never by the rule — the best
+    prefix-matching score any head reaches. One row per run, in the order given."""
+    rows = []
+    for t in tables:
+        kind, w, drop = t.fall()
+        m = t.info['config']['model']
+        rows.append({'run': t.name, 'layers': t.n_layers, 'variant': 'smeared key' if m.get('smeared_key') else
+                     ('attention only' if m.get('attn_only', True) else 'with MLPs'), 'tokens': float(t.snaps.tokens.max()),
+                     'steepest fall': float(-icl_derivative(t.snaps.tokens, t.snaps.icl)[2].min()),
+                     'window start tokens': w.start if w else float('nan'), 'window end tokens': w.end if w else float('nan'),
+                     'fall across window': drop, 'verdict': kind, 'best prefix matching': float(t.snaps.prefix_max.max())})
+    return pd.DataFrame(rows).set_index('run')
+
+# %% ../nbs/04_phase_change.ipynb #a0661b5b
+def rule_text(rule: pd.DataFrame) -> str:
+    "What `window_rule_table` found, as Markdown: the 1-layer controls' falls against the multi-layer phase changes."
+    one = rule[(rule.layers == 1) & (rule.variant != 'smeared key')]
+    pc = rule[rule.verdict == 'phase change']
+    gentle = rule[rule.verdict == 'gentle fall']
+    def desc(name, r): return (f"{name} falls at most {r['steepest fall']:.3f} nats per e-fold" + (
+        f", {r['fall across window']:.3f} nats across {r['window start tokens']/1e6:.1f}M–{r['window end tokens']/1e6:.1f}M "
+        f"tokens ({r.verdict})" if r.verdict != 'none' else " (no window)"))
+    return (f"- **The 1-layer controls.** " + '; '.join(desc(n, r) for n, r in one.iterrows()) + ". Rule 4 alone would give "
+            f"{sum(one.verdict != 'none')} of them a window; rule 5 calls none of them a phase change.\n"
+            f"- **Phase changes** fall {pc['fall across window'].min():.3f}–{pc['fall across window'].max():.3f} nats across "
+            f"their windows (steepest {pc['steepest fall'].min():.2f}–{pc['steepest fall'].max():.2f} nats per e-fold); "
+            f"**gentle falls** {gentle['fall across window'].min():.3f}–{gentle['fall across window'].max():.3f} nats, so "
+            f"the {MIN_DROP}-nat line has a margin of {pc['fall across window'].min() - MIN_DROP:.3f} above and "
+            f"{MIN_DROP - gentle['fall across window'].max():.3f} below on these runs.\n"
+            f"- Every run the rule calls a phase change ({len(pc)} of {len(rule)}) has a head whose prefix-matching score "
+            f"reaches {pc['best prefix matching'].min():.2f} or more; in every other run no head passes "
+            f"{rule[rule.verdict != 'phase change']['best prefix matching'].max():.2f}. The 2-layer runs with positions in "
+            f"the residual stream at context 512 have only a gentle fall and no induction head: the two go together there "
+            f"too.")
 
 # %% ../nbs/04_phase_change.ipynb #27a13826
 def phase_setup(p):
