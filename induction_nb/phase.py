@@ -21,10 +21,10 @@ from .tables import show_table, fmt, fmt_ci, fmt_tokens, fmt_pct
 __all__ = ['MIN_DROP', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window',
            'icl_fraction_in_window', 'window_drop', 'fall_kind', 'fig_overview', 'fig_window', 'fig_heads',
            'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
-           'summarize', 'summary_table', 'seed_spread', 'paper_table', 'differences_text', 'loss_gap_text',
+           'summarize', 'summary_table', 'seed_spread', 'fmt_num', 'paper_table', 'differences_text', 'loss_gap_text',
            'heads_text', 'context_gap', 'context_gap_text', 'pca_speed', 'pca_text', 'settings_text',
            'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures', 'phase_change', 'report',
-           'window_rule_table', 'rule_text', 'phase_setup', 'phase_change_cmd']
+           'numbers_box', 'window_rule_table', 'rule_text', 'phase_setup', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -131,7 +131,9 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
                  window_of: str|None=None):
     """Fig 2: training loss, ICL score and best prefix-matching score on one tokens axis, for each run. With a
     1-layer `baseline`, a fourth panel shows each run's training loss minus the baseline's, where the bend is plainest.
-    Where several seeds share a config, the band around their ICL and prefix curves is their range across seeds.
+    Where several seeds share a config, the band around their ICL and prefix curves is their range across seeds. The ICL
+    curve is measured on the curve's sample (`info['n_icl']` windows); a diamond right of each curve is the last snapshot
+    on the larger final sample, with its 95% interval (source files resampled).
     `window_of` names the run whose window is shaded (for the legend)."""
     n = 4 if baseline is not None else 3
     fig, axs = plt.subplots(n, 1, figsize=(8, 2.4 * n), sharex=True)
@@ -140,6 +142,11 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
         axs[0].plot(*smoothed_train_loss(t), color=c, lw=1.2, label=t.name)
         axs[1].plot(t.snaps.tokens, t.snaps.icl, color=c, lw=1.2, marker='.', ms=3)
         axs[2].plot(t.snaps.tokens, t.snaps.prefix_max, color=c, lw=1.2)
+        fin = t.info.get('final_icl')
+        if fin:                     # the last snapshot on the final sample, a little right of the curve's last point
+            x = t.snaps.tokens.iloc[-1] * 1.08
+            axs[1].errorbar([x], [fin['icl']], yerr=[[fin['icl'] - fin['lo']], [fin['hi'] - fin['icl']]], fmt='D', ms=3.5,
+                            color=c, capsize=2, lw=1, label=f"last snapshot, final sample ({fin['n']:,} windows)" if i == 0 else None)
         if baseline is not None and t is not baseline:
             bx, by = smoothed_train_loss(baseline)
             x, y = smoothed_train_loss(t)
@@ -164,7 +171,7 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
         axs[3].set_ylim(max(-1, axs[3].get_ylim()[0]), 0.3)
     for k, ax in enumerate(axs): shade(ax, window); tokens_axis(ax, xlabel=ax is axs[-1])
     if window is not None: axs[0].axvspan(0, 0, label=f"phase-change window{' of ' + window_of if window_of else ''}", **WINDOW_STYLE)
-    if any(len(g) > 1 for g in seed_groups(tables)): axs[1].legend(fontsize=8)
+    axs[1].legend(fontsize=8)
     x0 = min(t.snaps.tokens[t.snaps.tokens > 0].min() for t in tables)
     axs[-1].set_xlim(left=max(x0, 2e5))
     axs[0].legend(fontsize=8, ncol=2)
@@ -207,7 +214,7 @@ def fig_heads(tables: list[RunTables], window: PhaseWindow|None=None, score: str
 
 # %% ../nbs/04_phase_change.ipynb #2dae90b4
 def fig_loss_by_index(t: RunTables, window: PhaseWindow|None=None, n_bins: int=8):
-    """Fig 5: loss over training at token indices grouped in octaves (1, 2–3, 4–7, …; single indices are too noisy)
+    """Fig 5: loss over training at token indices grouped in log-spaced bins (`log_bins`; single indices are too noisy)
     — early and late tokens improve together until the window, then separate."""
     fig, ax = plt.subplots(figsize=(8, 3.4))
     bins = log_bins(t.loss_by_pos.shape[1], n_bins)
@@ -241,18 +248,24 @@ def loss_index_derivative(loss_by_pos: np.ndarray, n_bins: int=8) -> tuple[np.nd
 
 # %% ../nbs/04_phase_change.ipynb #53c59f75
 def fig_loss_heatmaps(tables: list[RunTables], window: PhaseWindow|None=None, vmax: float=0.3, min_tokens: float=2e5):
-    "Heatmaps (snapshots × token index) of the loss and of its derivative with respect to ln(token index)."
+    """Heatmaps (snapshots × token index) of the loss and of its derivative with respect to ln(token index); the derivative's
+    cells span their `log_bins` bins (1, 2–4, 5–9, … at context 512), so its axis starts at token 1 like the loss's."""
     fig, axs = plt.subplots(2, len(tables), figsize=(4.2 * len(tables), 6.4), squeeze=False)
     for j, t in enumerate(tables):
         keep = t.snaps.tokens.values >= min_tokens
         tok, lbp = t.snaps.tokens.values[keep], t.loss_by_pos[keep]
         centres, d = loss_index_derivative(lbp)
-        idx = np.arange(1, lbp.shape[1])
+        idx = np.arange(1, lbp.shape[1] + 1) - 0.5                          # cell edges: index i spans i-0.5..i+0.5
+        bins = log_bins(lbp.shape[1])
+        bin_edges = np.array([b[0] for b in bins] + [bins[-1][-1] + 1]) - 0.5    # each bin spans its own indices
+        t_log = np.log(tok)
+        y_edges = np.exp(np.concatenate([[1.5 * t_log[0] - 0.5 * t_log[1]], (t_log[1:] + t_log[:-1]) / 2,
+                                         [1.5 * t_log[-1] - 0.5 * t_log[-2]]]))
         panels = [(idx, lbp[:, 1:], dict(cmap='magma_r', vmin=np.percentile(lbp[:, 1:], 1), vmax=np.percentile(lbp[:, 1:], 99)), 'loss (nats)'),
-                  (centres, d, dict(cmap='RdBu_r', vmin=-vmax, vmax=vmax), 'd loss / d ln(token index)')]
+                  (bin_edges, d, dict(cmap='RdBu_r', vmin=-vmax, vmax=vmax), 'd loss / d ln(token index)')]
         for i, (x, z, kw, lab) in enumerate(panels):
             ax = axs[i][j]
-            m = ax.pcolormesh(x, tok, z, shading='nearest', rasterized=True, **kw)
+            m = ax.pcolormesh(x, y_edges, z, shading='flat', rasterized=True, **kw)
             ax.set_xscale('log')
             ax.set_yscale('log')
             ax.set_xlabel('token index')
@@ -318,6 +331,7 @@ def summarize(t: RunTables, window: PhaseWindow|None=None) -> dict:
     out = {'run': t.name, 'layers': t.n_layers, 'steps': int(last.step), 'tokens': float(last.tokens),
            'final_icl': fin['icl'] if fin else float(last.icl), 'final_icl_lo': fin['lo'] if fin else float(last.icl_lo),
            'final_icl_hi': fin['hi'] if fin else float(last.icl_hi), 'final_icl_windows': fin['n'] if fin else t.info.get('n_icl'),
+           'final_ci_by': 'files' if t.windows is not None else 'windows',     # tables before per-window values were kept
            'final_val_loss': float(last.val_loss), 'final_prefix': float(last.prefix_max), 'best_prefix': float(s.prefix_max.max()),
            'layer0_prev': float(h[h.layer == 0].prev.max())}
     for level in (0.2, 0.4, 0.7):
@@ -348,6 +362,10 @@ def seed_spread(summary: pd.DataFrame, layers: int=2) -> pd.DataFrame:
     return rows.agg(['mean', 'std', 'min', 'max']).T
 
 # %% ../nbs/04_phase_change.ipynb #7794fd97
+def fmt_num(x: float, f: str='{:+.3f}') -> str:
+    "`f.format(x)` with a typographic minus sign."
+    return f.format(x).replace('-', '−')
+
 def _pm(summary: pd.DataFrame, col: str, fmt: str='{:+.3f}', scale: float=1.0, layers: int=2) -> str:
     "Mean ± standard deviation over the seeds (`seed_spread`) of one summary column, formatted."
     sp = seed_spread(summary, layers)
@@ -384,11 +402,12 @@ def differences_text(tables: list[RunTables], summary: pd.DataFrame) -> str:
     "Where the 2-layer runs differ from the paper, and the likely reasons, as Markdown bullets with computed numbers."
     two, s2 = [t for t in tables if t.n_layers == 2], summary[summary.layers == 2]
     idx, cfg0 = tables[0].info['icl_indices'], two[0].info['config']['model']
-    ratio = lambda paper: paper / s2.window_start.mean()
+    start_ratio, end_ratio = 1e9 / s2.window_start.mean(), 3e9 / s2.window_end.mean()
     late_rise = float(np.mean([t.snaps.prefix_max.iloc[-1] - t.snaps.prefix_max[t.snaps.step <= t.snaps.step.max() - 500].iloc[-1]
                                for t in two]))
     return f"""- **Much earlier, in tokens.** Our window sits at {s2.window_start.mean()/1e6:.1f}M–{s2.window_end.mean()/1e6:.1f}M tokens,
-  about {ratio(1e9):.0f}–{ratio(3e9):.0f} times earlier than the paper's 1–3 billion: our layers have {(768 / cfg0['d_model'])**2:.0f}× fewer attention
+  about {min(start_ratio, end_ratio):.0f}–{max(start_ratio, end_ratio):.0f} times earlier than the paper's 1–3 billion (its start against 1 billion,
+  its end against 3 billion): our layers have {(768 / cfg0['d_model'])**2:.0f}× fewer attention
   parameters (d_model {cfg0['d_model']} vs 768), read a {cfg0['d_vocab']}-byte vocabulary instead of 65,536 tokens, and the whole run is
   {two[0].snaps.tokens.max()/1e6:.0f}M tokens.
 - **Final ICL {s2.final_icl.mean():+.2f} nats** against the paper's about −0.4, at token indices {idx[0]} and {idx[1]}
@@ -420,9 +439,11 @@ def loss_gap_text(tables: list[RunTables], windows: dict) -> str:
     return f"""In every 2-layer seed the ICL score falls, the best head's prefix-matching score rises and the loss pulls away
 from the 1-layer model's in the same stretch of training. Where each seed's window starts, its training loss is
 {gaps.start.astype(float).mean():+.3f} nats (mean over seeds) from the 1-layer control's; at {end1/1e6:.1f}M tokens, the control's last
-step ({'inside' if gaps.inside.all() else 'at or after the end of'} {'every' if gaps.inside.all() else 'some'} seed's window), it is {gaps.end1.astype(float).mean():+.3f}:
-{(1 - gaps.start.astype(float) / gaps.end1.astype(float)).mean():.0%} of that gap opened after the window started. The control is trained for
-{one.snaps.step.max():,} steps to keep the main job short, so the bottom panel stops there."""
+step, it is {gaps.end1.astype(float).mean():+.3f}:
+{(1 - gaps.start.astype(float) / gaps.end1.astype(float)).mean():.0%} of that gap opened after the window started. """ + (
+f"""The control is trained as long as the 2-layer runs ({one.snaps.step.max():,} steps), so the comparison is at equal tokens
+all the way.""" if one.snaps.tokens.max() >= max(t.snaps.tokens.max() for t in two) else
+f"""The control is trained for {one.snaps.step.max():,} steps, shorter than the 2-layer runs, so the bottom panel stops there.""")
 
 # %% ../nbs/04_phase_change.ipynb #b0161dda
 def heads_text(tables: list[RunTables], windows: dict) -> str:
@@ -433,8 +454,11 @@ def heads_text(tables: list[RunTables], windows: dict) -> str:
         best = last.loc[last.prefix.idxmax()]
         g = h[(h.layer == best.layer) & (h['head'] == best['head'])]
         at = lambda x: float(np.interp(x, g.tokens, g.prefix))
+        x = _first_cross(t.snaps.tokens.values, t.snaps.prefix_max, 0.4)
+        where = ('never reaches 0.4' if x != x else f"crosses 0.4 at {x/1e6:.1f}M tokens, " + (
+                 'inside its window' if w.start <= x <= w.end else 'after its window' if x > w.end else 'before its window'))
         return (f"{t.name}: head {int(best.layer)}.{int(best['head'])} goes from {at(w.start):.2f} to {at(w.end):.2f} across the window "
-                f"and ends at {best.prefix:.2f}; {int((last.prefix >= 0.4).sum())} head(s) end above 0.4, all in layer "
+                f"({w.start/1e6:.1f}M–{w.end/1e6:.1f}M tokens) and ends at {best.prefix:.2f}; the best head {where}; {int((last.prefix >= 0.4).sum())} head(s) end above 0.4, all in layer "
                 f"{', '.join(str(int(l)) for l in sorted(last[last.prefix >= 0.4].layer.unique())) or '–'}; the best layer-0 "
                 f"previous-token score ends at {last[last.layer == 0].prev.max():.2f}")
     lines = [f"- {story(t)}." for t in tables if t.n_layers == 2]
@@ -495,9 +519,10 @@ induction head (prefix matching ≥ 0.4) within {int(rs.steps):,} steps, and the
 {int(sf.n_head_04)} of {int(sf.seeds)} seeds did within {int(sf.steps):,} steps (final prefix matching {sf.final_prefix:.2f} on average,
 ICL {sf.final_icl:+.3f} against {rs.final_icl:+.3f}, layer-0 previous-token score {sf.layer0_prev:.2f} against {rs.layer0_prev:.2f}).
 With no positions in the residual stream, a layer-0 head can only tell layer 1 where a token was by attending to
-it: a clean previous-token head is the cheapest way, and it is the first half of the induction circuit.""")
-    if sf1 is not None: parts.append(f"""The 1-layer Shortformer models get that first half too (layer-0 previous-token score {sf1.layer0_prev:.2f}, mean of {int(sf1.seeds)}
-seeds) but have no later layer to compose it with: their best prefix-matching score stays at {sf1.final_prefix_max:.2f}.""")
+it. A clean previous-token head would be the cheapest way, but none forms at this width (layer-0 previous-token
+score {sf.layer0_prev:.2f}; the [mechanism chapter](09_arg5_mechanism.ipynb) finds no clean one either), so why Shortformer positions let the induction head form sooner here is not settled.""")
+    if sf1 is not None: parts.append(f"""The 1-layer Shortformer models (layer-0 previous-token score {sf1.layer0_prev:.2f}, mean of {int(sf1.seeds)}
+seeds) have no later layer to compose a previous-token head with: their best prefix-matching score stays at {sf1.final_prefix_max:.2f}.""")
     if tl is not None:
         init_std = two[0].info['config']['model']['init_std']
         at_stop = np.array([np.interp(tl.steps, t.snaps.step, t.snaps.prefix_max) for t in two])
@@ -630,6 +655,33 @@ def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
                     f"no phase change: the ICL score never falls faster than {r.steepest_fall:.3f} nats per e-fold")
             lines.append(f"{name}: final ICL {fin}; best prefix-matching score ever {r.best_prefix:.2f}; {what}")
     return '\n'.join(lines)
+
+# %% ../nbs/04_phase_change.ipynb #73551f18
+def numbers_box(folder) -> str:
+    "The page's result in numbers (a Markdown callout under the lede), from the committed tables in `folder`."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        tables = load_results(folder)
+        s = summary_table(tables)
+    s2, s1 = s[(s.layers == 2) & (s.fall == 'phase change')], s[s.layers == 1]
+    n = int(s2.final_icl_windows.iloc[0])
+    rng = lambda col, f, k=1: f"{fmt_num(s2[col].min() * k, f)} to {fmt_num(s2[col].max() * k, f)}"
+    by_files = s2[s2.final_ci_by == 'files'].index.tolist()
+    ci = ("95% intervals resample source files" if len(by_files) == len(s2) else
+          f"95% intervals resample source files for {', '.join(by_files) or 'none'}; the others' resample windows and understate")
+    equal = s1.tokens.min() >= s2.tokens.max()
+    return (f"> **The result in numbers.** {len(s2)} of {int((s.layers == 2).sum())} seeds of the 2-layer model have a phase change, "
+            f"starting at {rng('window_start', '{:.1f}', 1e-6)}M and ending at {rng('window_end', '{:.1f}', 1e-6)}M tokens: the ICL "
+            f"score goes from {rng('icl_before', '{:+.3f}')} nats before it (curve sample, {tables[0].info['n_icl']} windows) to "
+            f"{rng('final_icl', '{:+.3f}')} at the end (final sample, {n:,} windows; {ci}), and the best head's "
+            f"prefix-matching score ends at {rng('final_prefix', '{:.2f}')}. The {len(s1)} 1-layer controls, trained "
+            + (f"as long ({s1.tokens.max()/1e6:.1f}M tokens)" if equal else
+               f"for {s1.tokens.max()/1e6:.1f}M tokens against {s2.tokens.max()/1e6:.1f}M") + ", end at "
+            + ', '.join(f"{fmt_num(r.final_icl, '{:+.3f}')} [{fmt_num(r.final_icl_lo, '{:+.3f}')}, {fmt_num(r.final_icl_hi, '{:+.3f}')}]"
+                        for _, r in s1.iterrows())
+            + f" nats (final sample) with no head above {s1.best_prefix.max():.2f}; the window rule finds "
+            + ' and '.join(f"a {k}" if k != 'none' else 'no window' for k in sorted(set(s1.fall))) + " in them, no phase change.")
 
 # %% ../nbs/04_phase_change.ipynb #86828f2e
 def window_rule_table(tables: list[RunTables]) -> pd.DataFrame:
