@@ -310,39 +310,45 @@ def _edges(tokens) -> np.ndarray:
 
 def fig_head_heatmaps(results: dict, value: str='zero', vmax: float|None=None, min_tokens: float=2e5):
     """One panel per run: ΔICL (`value`: 'zero' or 'pattern') when each head (rows, labelled `layer.head` in its class's
-    colour) is ablated, at every snapshot (columns, tokens on a log axis); red = the head carried ICL; window outlined."""
-    fig, axs = plt.subplots(1, len(results), figsize=(4.3 * len(results), 3.4), sharex=True, squeeze=False, constrained_layout=True)
+    colour) is ablated, at every snapshot (columns, tokens on a log axis); red = the head carried ICL; window outlined.
+    Two panels per row, so the labels stay readable at page width."""
+    ncol = min(2, len(results)); nrow = -(-len(results) // ncol)
+    fig, axs = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.2 * nrow), sharex=True, squeeze=False, constrained_layout=True)
     vmax = vmax or max(float(r.heads[r.heads.tokens >= min_tokens][value].abs().max()) for r in results.values())
-    for ax, (name, r) in zip(axs[0], results.items()):
+    for ax in axs.flat[len(results):]: ax.set_visible(False)
+    for ax, (name, r) in zip(axs.flat, results.items()):
         h = r.heads[r.heads.tokens >= min_tokens]
         grid = h.pivot_table(index=['layer', 'head'], columns='tokens', values=value)          # [head, snapshot]
         im = ax.pcolormesh(_edges(grid.columns), np.arange(len(grid) + 1), grid.values, cmap='RdBu_r', vmin=-vmax, vmax=vmax)
         ax.set_xscale('log'); ax.invert_yaxis()
         kinds = h.drop_duplicates(['layer', 'head']).set_index(['layer', 'head']).kind
-        ax.set_yticks(np.arange(len(grid)) + 0.5, [f"{l}.{hh}" for l, hh in grid.index], fontsize=7)
+        ax.set_yticks(np.arange(len(grid)) + 0.5, [f"{l}.{hh}" for l, hh in grid.index], fontsize=8)
         for lab, (l, hh) in zip(ax.get_yticklabels(), grid.index): lab.set_color(KIND_COLORS[kinds[(l, hh)]])
         for x in r.info['window']: ax.axvline(x, color='k', ls='--', lw=0.8)
-        ax.set_title(name, fontsize=10); ax.set_xlabel('tokens seen')
-    axs[0, 0].set_ylabel('head (layer.head)')
-    fig.colorbar(im, ax=axs[0, -1], label=f'ΔICL when ablated ({value}), nats')
+        ax.set_title(name, fontsize=11); ax.set_xlabel('tokens seen'); ax.set_ylabel('head (layer.head)')
+    fig.colorbar(im, ax=axs[:, -1], label=f'ΔICL when ablated ({value}), nats')
     return fig
 
 def fig_attribution(results: dict, value: str='pattern', min_tokens: float=2e5):
-    """The paper's per-head attribution, one column per run: ΔICL (top) and the projection of the per-token-loss change
-    on the before/after-window direction (bottom) over training, one line per head coloured by its class; window shaded."""
-    fig, axs = plt.subplots(2, len(results), figsize=(4.2 * len(results), 5.6), sharex=True, squeeze=False, constrained_layout=True)
-    for j, (name, r) in enumerate(results.items()):
+    """The paper's per-head attribution, two runs per row: for each run ΔICL (upper panel) and the projection of the
+    per-token-loss change on the before/after-window direction (lower panel) over training, one line per head coloured
+    by its class; window shaded."""
+    ncol = min(2, len(results)); nrow = -(-len(results) // ncol)
+    fig, axs = plt.subplots(2 * nrow, ncol, figsize=(5.4 * ncol, 2.6 * 2 * nrow), sharex=True, squeeze=False, constrained_layout=True)
+    for k in range(len(results), nrow * ncol):                        # unused slots of an odd number of runs
+        for r in (0, 1): axs[2 * (k // ncol) + r, k % ncol].set_visible(False)
+    for k, (name, r) in enumerate(results.items()):
+        top, bottom = axs[2 * (k // ncol), k % ncol], axs[2 * (k // ncol) + 1, k % ncol]
         h = r.heads[r.heads.tokens >= min_tokens]
         for (l, hh), g in h.groupby(['layer', 'head']):
             c = KIND_COLORS[g.kind.iloc[0]]
-            axs[0, j].plot(g.tokens, g[value], color=c, lw=1.2 if c != '0.6' else 0.8)
-            axs[1, j].plot(g.tokens, g[f'{value}_proj'], color=c, lw=1.2 if c != '0.6' else 0.8)
-        for i, ax in enumerate(axs[:, j]):
+            top.plot(g.tokens, g[value], color=c, lw=1.2 if c != '0.6' else 0.8)
+            bottom.plot(g.tokens, g[f'{value}_proj'], color=c, lw=1.2 if c != '0.6' else 0.8)
+        for ax in (top, bottom):
             ax.axhline(0, color='k', lw=0.5); shade(ax, r.window)
-            tokens_axis(ax, xlabel=i == 1)
-        axs[0, j].set_title(name, fontsize=10)
-    axs[0, 0].set_ylabel(f'ΔICL when ablated ({value}), nats')
-    axs[1, 0].set_ylabel('Δloss · before/after unit vector')
+            tokens_axis(ax, xlabel=ax is bottom)
+        top.set_title(name, fontsize=11)
+        top.set_ylabel(f'ΔICL ({value}), nats'); bottom.set_ylabel('Δloss · before/after')
     axs[0, -1].legend(handles=[plt.Line2D([], [], color=c, label=k) for k, c in KIND_COLORS.items()], fontsize=8)
     return fig
 
