@@ -26,7 +26,8 @@ __all__ = ['KINDS', 'ABLATION_KINDS', 'ABLATION_PARAMS', 'KIND_COLORS', 'zero_ho
            'set_ablation_icl', 'set_ablation', 'removed_fraction', 'Ablation', 'head_classes', 'window_src',
            'final_ablation', 'compute_ablation', 'ablation_windows', 'fig_head_heatmaps', 'fig_attribution',
            'final_removed', 'sample_shares', 'final_heads', 'attribution_text', 'sets_text', 'zero_vs_pattern_text',
-           'fig_sets', 'mlp_text', 'comparison_table', 'agreement_text', 'ablation_setup', 'ablation_cmd', 'speed_text']
+           'fig_sets', 'mlp_text', 'comparison_table', 'agreement_text', 'numbers_box', 'ablation_setup',
+           'ablation_cmd', 'speed_text']
 
 # %% ../nbs/07_arg3_ablation.ipynb #bf956b6d
 def _by_layer(heads) -> dict[int, list[int]]:
@@ -447,7 +448,7 @@ def sets_text(results: dict) -> str:
                    f"({int(fin.windows):,} windows, {int(fin.files)} files: {fin.clean_icl:+.3f} → {fin.ablated_icl:+.3f} nats)"
                    f"{_over100(fin.share_hi)}, and {_fmt_ci(c.share, c.share_lo, c.share_hi, fmt='{:.0%}')} on the curve's "
                    f"{int(c.windows)} windows ({int(c.files)} files: {c.clean_icl:+.3f} → {c.ablated_icl:+.3f} nats){_over100(c.share_hi) if fin.share_hi <= 1 else ''}. "
-                   f"Both remove about the same nats ({fin.removed_nats:+.3f} and {c.removed_nats:+.3f}); what differs is how much ICL "
+                   f"Both remove similar amounts ({fin.removed_nats:+.3f} and {c.removed_nats:+.3f}); what differs is how much ICL "
                    f"the clean model shows on each sample. Cut into {len(parts)} disjoint parts of {int(c.windows)} windows, the final "
                    f"sample gives shares from {parts.share.min():.0%} to {parts.share.max():.0%}"
                    + (" (over 100% where the ablated model's ICL score on that part is positive: without the heads, late "
@@ -590,6 +591,27 @@ def agreement_text(results: dict) -> str:
                f"at the last snapshot (the paper: 10,000 examples at every snapshot); {'–'.join(map(str, snaps))} snapshots per "
                f"run (the paper: ~200); d_model {i['d_model']} with {i['n_heads']} heads per layer (the paper: 768 and 12).")
     return '\n'.join(out)
+
+# %% ../nbs/07_arg3_ablation.ipynb #a0d3160c
+def numbers_box(folder) -> str:
+    "The page's result in numbers (a Markdown callout under the lede), from the committed ablation results in `folder`."
+    res = [Ablation.load(p) for p in sorted(Path(folder).iterdir()) if (p/'info.json').exists()]
+    out = []
+    for r in res:
+        if r.sets is None: continue
+        sh = sample_shares(r)
+        fin, c = sh.loc['final sample'], sh.iloc[0]
+        parts = sh[sh.index.str.startswith('final sample, part')]
+        out.append(f"{r.name}: {fin.share:.0%} [{fin.share_lo:.0%}, {fin.share_hi:.0%}] on the final sample "
+                   f"({int(fin.windows):,} windows; {fin.removed_nats:.2f} nats of {-fin.clean_icl:.2f}), {c.share:.0%} on the "
+                   f"curves' {int(c.windows)} windows ({c.removed_nats:.2f} of {-c.clean_icl:.2f}), "
+                   f"{parts.share.min():.0%}–{parts.share.max():.0%} over {len(parts)} disjoint {int(c.windows)}-window parts")
+    none = [r.name for r in res if r.sets is None]
+    return ("> **The result in numbers.** Ablating all induction heads at the last snapshot removes, of the ICL score: "
+            + '; '.join(out) + ". The nats removed move less between samples than the clean score they are divided by, so a "
+            "single sample's share is uncertain by tens of percentage points (intervals resample source files; shares over "
+            "100% mean the ablated model's score changed sign on that sample)."
+            + (f" {', '.join(none)} has no induction head." if none else ""))
 
 # %% ../nbs/07_arg3_ablation.ipynb #f58ce433
 def ablation_setup(p):
