@@ -15,6 +15,7 @@ from fastcore.basics import patch
 from .train import train, preset, preset_for_env, in_test, RunConfig
 from .experiment import (RunTables, load_results, run_tables, load_or_compute, shade, tokens_axis, run_color,
                                      smoothed_train_loss, seed_groups, WINDOW_STYLE)
+from .scores import mean_ci
 from .tables import show_table, fmt, fmt_ci, fmt_tokens, fmt_pct
 
 # %% auto #0
@@ -24,7 +25,7 @@ __all__ = ['MIN_DROP', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_
            'summarize', 'summary_table', 'seed_spread', 'fmt_num', 'paper_table', 'differences_text', 'loss_gap_text',
            'heads_text', 'context_gap', 'context_gap_text', 'pca_speed', 'pca_text', 'settings_text',
            'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures', 'phase_change', 'report',
-           'numbers_box', 'window_rule_table', 'rule_text', 'phase_setup', 'phase_change_cmd']
+           'sample_table', 'numbers_box', 'window_rule_table', 'rule_text', 'phase_setup', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -655,6 +656,26 @@ def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
                     f"no phase change: the ICL score never falls faster than {r.steepest_fall:.3f} nats per e-fold")
             lines.append(f"{name}: final ICL {fin}; best prefix-matching score ever {r.best_prefix:.2f}; {what}")
     return '\n'.join(lines)
+
+# %% ../nbs/04_phase_change.ipynb #247941aa
+def sample_table(t: RunTables, fresh: dict|None=None) -> pd.DataFrame:
+    """The ICL score of `t`'s last snapshot on each sample it was measured on — the curve's windows, the final sample and
+    any `fresh` samples (`{'windows_k': [window], 'src_k': [window]}`) — with a 95% interval resampling windows and one
+    resampling source files. Needs the per-window values (`t.windows`)."""
+    if t.windows is None: raise ValueError(f"{t.name}: these tables keep no per-window ICL values (made before they were "
+                                           "kept); recompute them with run_tables")
+    w = t.windows
+    samples = {f"curve sample ({len(w['curve_src'])} windows)": (w['curve'][-1], w['curve_src']),
+               f"final sample ({len(w['final_src']):,} windows)": (w['final'], w['final_src'])}
+    for k in sorted({int(key.split('_')[1]) for key in (fresh or {}) if key.startswith('windows_')}):
+        samples[f"fresh sample {k} ({len(fresh[f'src_{k}']):,} windows)"] = (fresh[f'windows_{k}'], fresh[f'src_{k}'])
+    rows = {}
+    for name, (x, src) in samples.items():
+        x = np.asarray(x, dtype=float)
+        m, lo_w, hi_w = mean_ci(x)
+        _, lo_f, hi_f = mean_ci(x, groups=src)
+        rows[name] = dict(files=len(np.unique(src)), icl=m, windows_lo=lo_w, windows_hi=hi_w, files_lo=lo_f, files_hi=hi_f)
+    return pd.DataFrame(rows).T
 
 # %% ../nbs/04_phase_change.ipynb #73551f18
 def numbers_box(folder) -> str:
