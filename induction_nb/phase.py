@@ -379,11 +379,14 @@ def paper_table(tables: list[RunTables], summary: pd.DataFrame) -> str:
     s1, s2 = summary[summary.layers == 1], summary[summary.layers == 2]
     pm = lambda *a, **k: _pm(summary, *a, **k)
     idx, band, n2 = tables[0].info['icl_indices'], tables[0].info['icl_band'], len(s2)
+    f = s2.final_ci_by == 'files'
+    by = ('resampling source files' if f.all() else 'resampling windows, which understates them' if not f.any() else
+          f"resampling source files for {', '.join(s2.index[f])}; for the others, windows, which understates them")
     return f"""
 | quantity | paper (small models) | here ({n2} seed{'s' * (n2 > 1)} of the 2-layer model) |
 |---|---|---|
-| ICL score before the window | above −0.15 nats | {pm('icl_before')} nats |
-| ICL score at the end of training | about −0.4 nats | {pm('final_icl')} nats (95% intervals ±{((s2.final_icl_hi - s2.final_icl_lo) / 2).max():.3f} or less) |
+| ICL score before the window (curve sample) | above −0.15 nats | {pm('icl_before')} nats |
+| ICL score at the end of training (final sample) | about −0.4 nats | {pm('final_icl')} nats (95% intervals ±{((s2.final_icl_hi - s2.final_icl_lo) / 2).max():.3f} or less, {by}) |
 | share of the final ICL formed inside the window | over 75% | {pm('frac_in_window', '{:.0%}')} |
 | window, in tokens seen | ~1–3 × 10⁹ | {pm('window_start', '{:.1f}', 1e-6)}M – {pm('window_end', '{:.1f}', 1e-6)}M |
 | window, in training steps | — | {pm('window_start_step', '{:.0f}')} – {pm('window_end_step', '{:.0f}')} |

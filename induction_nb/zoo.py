@@ -11,14 +11,14 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from .model import ModelConfig, Transformer
 from .train import RunConfig, Run, train, load_run, preset_for_env, in_test
-from .experiment import (RunTables, run_tables, load_or_compute, runs_dir, shade, tokens_axis, run_color,
+from .experiment import (RunTables, run_tables, load_or_compute, load_results, runs_dir, shade, tokens_axis, run_color,
                                      smoothed_train_loss)
 from .phase import PhaseWindow, phase_window, summarize, fig_pca, pca_speed, pca_trajectories
 from .tables import show_table, fmt, fmt_tokens, fmt_pct
 
 # %% auto #0
 __all__ = ['ZOO', 'zoo_runs', 'run_status', 'train_zoo', 'zoo_table', 'zoo_setup', 'zoo_cmd', 'head_window', 'log_overlap',
-           'has_window', 'fig_zoo', 'zoo_colors', 'cooccurrence_table', 'cooccurrence_text']
+           'has_window', 'fig_zoo', 'zoo_colors', 'cooccurrence_table', 'cooccurrence_text', 'numbers_box']
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #92e758cd
 ZOO: dict[str, tuple[str, tuple[int, ...]]] = {     # name: (preset, seeds)
@@ -239,3 +239,27 @@ def cooccurrence_text(co: pd.DataFrame) -> str:
                  + f"; {int((single.final_prefix < 0.2).sum())} of {len(single)} one-layer runs end with no head above 0.2, and "
                  f"the rule finds no phase change in {int((single.fall != 'phase change').sum())} of them.")
     return '\n'.join(lines)
+
+# %% ../nbs/05_arg1_cooccurrence.ipynb #36b59844
+def numbers_box(folder) -> str:
+    "The page's result in numbers (a Markdown callout under the lede), from the committed zoo tables in `folder`."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        co = cooccurrence_table(load_results(folder))
+    plain = co[~co.smeared.astype(bool)]
+    multi, single = plain[plain.layers > 1], plain[plain.layers == 1]
+    timed = multi.dropna(subset=['head_start', 'window_start'])
+    later = timed[(timed.head_start_lag > 0) & (timed.head_end_lag > 0)]
+    return (f"> **The result in numbers.** The window rule finds a phase change in "
+            f"{int((multi.fall == 'phase change').sum())} of {len(multi)} plain multi-layer models and in "
+            f"{int((single.fall == 'phase change').sum())} of {len(single)} one-layer ones; "
+            f"{int(multi.induction_phase_change.astype(bool).sum())} of {len(multi)} multi-layer models have a head reach "
+            f"prefix matching 0.4 inside their ICL window, and no one-layer model has a head above "
+            f"{single.final_prefix.astype(float).max():.2f}. The two windows overlap without coinciding: in {len(later)} of "
+            f"{len(timed)} multi-layer models the head window starts and ends later, and "
+            f"{timed.head_in_icl_window.astype(float).min():.0%}–{timed.head_in_icl_window.astype(float).max():.0%} of it lies "
+            f"inside the ICL window. Final ICL (final sample): {fmt(multi.final_icl.astype(float).max(), 3, sign=True)} to "
+            f"{fmt(multi.final_icl.astype(float).min(), 3, sign=True)} nats with two or more layers, "
+            f"{fmt(single.final_icl.astype(float).min(), 3, sign=True)} to {fmt(single.final_icl.astype(float).max(), 3, sign=True)} "
+            f"with one.")
