@@ -24,8 +24,9 @@ __all__ = ['MIN_DROP', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_
            'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
            'summarize', 'summary_table', 'seed_spread', 'fmt_num', 'paper_table', 'differences_text', 'loss_gap_text',
            'heads_text', 'context_gap', 'context_gap_text', 'pca_speed', 'pca_text', 'settings_text',
-           'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures', 'phase_change', 'report',
-           'sample_table', 'numbers_box', 'window_rule_table', 'rule_text', 'phase_setup', 'phase_change_cmd']
+           'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures', 'phase_change', 'report', 'icl_at',
+           'equal_tokens_text', 'sample_table', 'numbers_box', 'window_rule_table', 'rule_text', 'phase_setup',
+           'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -659,6 +660,30 @@ def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
                     f"no phase change: the ICL score never falls faster than {r.steepest_fall:.3f} nats per e-fold")
             lines.append(f"{name}: final ICL {fin}; best prefix-matching score ever {r.best_prefix:.2f}; {what}")
     return '\n'.join(lines)
+
+# %% ../nbs/04_phase_change.ipynb #8124614e
+def icl_at(t: RunTables, tokens: float) -> tuple[float, float, float, float]:
+    "`(tokens, icl, lo, hi)` of the last snapshot of `t` at or before `tokens` (the curve's sample)."
+    s = t.snaps[t.snaps.tokens <= tokens * (1 + 1e-9)].iloc[-1]
+    return float(s.tokens), float(s.icl), float(s.icl_lo), float(s.icl_hi)
+
+def equal_tokens_text(tables: list[RunTables]) -> str:
+    """The 2-layer runs against the 1-layer controls at equal tokens: at the end of the shortest control (curve sample,
+    so every number is from the same windows), and, if the runs are equally long, at the end."""
+    two, one = [t for t in tables if t.n_layers == 2], [t for t in tables if t.n_layers == 1]
+    if not two or not one: return ''
+    x = min(t.snaps.tokens.max() for t in one)
+    a = {t.name: icl_at(t, x) for t in two + one}
+    gap = [a[u.name][1] - a[v.name][1] for u in two for v in one]
+    lens = sorted({f"{t.snaps.tokens.max()/1e6:.1f}M" for t in one})
+    same = all(t.snaps.tokens.max() >= max(u.snaps.tokens.max() for u in two) for t in one)
+    return (f"At equal tokens: at {x/1e6:.1f}M tokens" + (" (the end of every run)" if same else
+            f" (the end of the shortest 1-layer control; the controls train for {', '.join(lens)} tokens, the 2-layer runs for "
+            f"{max(t.snaps.tokens.max() for t in two)/1e6:.1f}M)") + ", on the curve's sample of "
+            f"{two[0].info['n_icl']} windows, the ICL scores are "
+            + ', '.join(f"{fmt_num(v[1])} ({k})" for k, v in a.items())
+            + f": each 2-layer run minus each control, {fmt_num(min(gap))} to {fmt_num(max(gap))} nats (negative: more in-context "
+            f"learning in the 2-layer run).")
 
 # %% ../nbs/04_phase_change.ipynb #247941aa
 def sample_table(t: RunTables, fresh: dict|None=None) -> pd.DataFrame:
