@@ -114,7 +114,7 @@ _SYN_CORPUS = CorpusSpec(kind='synthetic', d_vocab=128)
 PRESETS: dict[str, RunConfig] = {
     # the paper's setting: context 512, Shortformer positions
     'stdlib-2l':          RunConfig(ModelConfig(n_layers=2, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
-    'stdlib-1l':          RunConfig(ModelConfig(n_layers=1, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),  # the control: as long as the 2-layer run
+    'stdlib-1l':          RunConfig(ModelConfig(n_layers=1, **_PAPER), TrainConfig(steps=1000, snapshots_log=20, snapshots_lin=20)),  # a control: short, so the main job fits in 15 min
     'stdlib-3l':          RunConfig(ModelConfig(n_layers=3, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
     'stdlib-1l-mlp':      RunConfig(ModelConfig(n_layers=1, attn_only=False, **_PAPER), TrainConfig(steps=1000, snapshots_log=20, snapshots_lin=20)),
     'stdlib-2l-mlp':      RunConfig(ModelConfig(n_layers=2, attn_only=False, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
