@@ -403,7 +403,9 @@ def attribution_text(results: dict, value: str='pattern') -> str:
         n_final = r.final['clean'].shape[-1]
         if not len(ind):
             big = last.loc[last[value].abs().idxmax()]
-            out.append(f"- **{name}** has no induction head. Its final ICL score is {icl:+.3f} nats (final sample, {n_final} windows); the largest effect of "
+            ci = mean_ci(r.final['clean'], groups=r.src())
+            out.append(f"- **{name}** has no induction head. Its final ICL score is {_fmt_ci(*ci)} nats (final sample, {n_final} windows; "
+                       f"the interval resamples source files, and another sample of the same snapshot can land anywhere in it); the largest effect of "
                        f"ablating one head is {big[value]:+.3f} nats (head {int(big.layer)}.{int(big['head'])}).")
             continue
         heads = '; '.join(f"head {int(h.layer)}.{int(h['head'])}: ΔICL {_fmt_ci(h[value], h[f'{value}_lo'], h[f'{value}_hi'])} nats"
