@@ -405,7 +405,7 @@ def attribution_text(results: dict, value: str='pattern') -> str:
             big = last.loc[last[value].abs().idxmax()]
             ci = mean_ci(r.final['clean'], groups=r.src())
             out.append(f"- **{name}** has no induction head. Its final ICL score is {_fmt_ci(*ci)} nats (final sample, {n_final} windows; "
-                       f"the interval resamples source files, and another sample of the same snapshot can land anywhere in it); the largest effect of "
+                       f"95% interval resampling source files; the zoo's final sample of the same snapshot has 3,072 windows); the largest effect of "
                        f"ablating one head is {big[value]:+.3f} nats (head {int(big.layer)}.{int(big['head'])}).")
             continue
         heads = '; '.join(f"head {int(h.layer)}.{int(h['head'])}: ΔICL {_fmt_ci(h[value], h[f'{value}_lo'], h[f'{value}_hi'])} nats"
