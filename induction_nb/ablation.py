@@ -19,6 +19,7 @@ from .scores import icl_per_example, classify_heads
 from .sweep import add_measure, sweep, cached_arrays, measure_inputs, MEASURE_PARAMS
 from .experiment import RunTables, run_tables, load_or_compute_each, shade, tokens_axis, boot_means, mean_ci
 from .zoo import ZOO, has_window, head_window, train_zoo
+from .tables import show_table
 
 # %% auto #0
 __all__ = ['KINDS', 'ABLATION_KINDS', 'ABLATION_PARAMS', 'KIND_COLORS', 'zero_hooks', 'mean_hooks', 'freeze_hooks', 'z_means',

@@ -130,7 +130,7 @@ def fig_zoo(tables: list[RunTables], colors: dict|None=None):
     on one log axis of tokens, with the run's ICL window shaded (orange: a phase change, grey: a gentle fall, by
     `RunTables.fall`) and its head window hatched; the window rule runs on every run.
     `colors`: `{run name: colour}` (default: `run_color`)."""
-    fig, axs = plt.subplots(len(tables), 3, figsize=(11, 1.55 * len(tables) + 0.6), sharex=True, squeeze=False)
+    fig, axs = plt.subplots(len(tables), 3, figsize=(8.5, 1.45 * len(tables) + 0.6), sharex=True, squeeze=False)
     for row, t in zip(axs, tables):
         kind, w, _ = t.fall()
         hw = head_window(t)
