@@ -394,7 +394,7 @@ def paper_table(tables: list[RunTables], summary: pd.DataFrame) -> str:
 | best head's prefix-matching score crosses 0.4 | inside the window | at {pm('tokens_prefix_0.4', '{:.1f}', 1e-6)}M tokens; inside the window in {int(s2['prefix_0.4_in_window'].sum()) if 'prefix_0.4_in_window' in s2 else 0} of {n2} seeds |
 | best prefix-matching score at the end | near 1 | {pm('final_prefix', '{:.2f}')} |
 | layer-0 previous-token score at the end | — | {pm('layer0_prev', '{:.2f}')} |
-| 1-layer model: final ICL score | small | {pm('final_icl', layers=1)} nats ({len(s1)} seeds) |
+| 1-layer model: final ICL score (final sample) | small | {pm('final_icl', layers=1)} nats ({len(s1)} seeds, at {s1.tokens.max()/1e6:.1f}M tokens; the 2-layer runs at {s2.tokens.max()/1e6:.1f}M — equal-token scores are under [The runs](#the-runs)) |
 | 1-layer model: best prefix-matching score ever | no induction heads | {pm('best_prefix', '{:.2f}', layers=1)} |
 
 ICL here is loss(token {idx[1]}) − loss(token {idx[0]}), each averaged over ±{band} positions: along the curves on
