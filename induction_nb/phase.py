@@ -366,7 +366,9 @@ def seed_spread(summary: pd.DataFrame, layers: int=2) -> pd.DataFrame:
 # %% ../nbs/04_phase_change.ipynb #7794fd97
 def fmt_num(x: float, f: str='{:+.3f}') -> str:
     "`f.format(x)` with a typographic minus sign."
-    return f.format(x).replace('-', '−')
+    s = f.format(x)
+    if float(s) == 0: s = f.format(0.0)                  # no "−0.000"
+    return s.replace('-', '−')
 
 def _pm(summary: pd.DataFrame, col: str, fmt: str='{:+.3f}', scale: float=1.0, layers: int=2) -> str:
     "Mean ± standard deviation over the seeds (`seed_spread`) of one summary column, formatted."
