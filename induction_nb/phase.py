@@ -25,8 +25,8 @@ __all__ = ['MIN_DROP', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_
            'summarize', 'summary_table', 'seed_spread', 'fmt_num', 'paper_table', 'differences_text', 'loss_gap_text',
            'heads_text', 'context_gap', 'context_gap_text', 'pca_speed', 'pca_text', 'settings_text',
            'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures', 'phase_change', 'report', 'icl_at',
-           'equal_tokens_text', 'sample_table', 'numbers_box', 'window_rule_table', 'rule_text', 'phase_setup',
-           'phase_change_cmd']
+           'equal_tokens_text', 'sample_table', 'numbers_box', 'long_text', 'window_rule_table', 'rule_text',
+           'phase_setup', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -708,8 +708,9 @@ def sample_table(t: RunTables, fresh: dict|None=None) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 # %% ../nbs/04_phase_change.ipynb #73551f18
-def numbers_box(folder) -> str:
-    "The page's result in numbers (a Markdown callout under the lede), from the committed tables in `folder`."
+def numbers_box(folder, long_controls=None) -> str:
+    """The page's result in numbers (a Markdown callout under the lede), from the committed tables in `folder` (and the
+    1-layer controls trained as long as the 2-layer runs in `long_controls`, if that folder exists)."""
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -732,7 +733,18 @@ def numbers_box(folder) -> str:
             + ', '.join(f"{fmt_num(r.final_icl, '{:+.3f}')} [{fmt_num(r.final_icl_lo, '{:+.3f}')}, {fmt_num(r.final_icl_hi, '{:+.3f}')}]"
                         for _, r in s1.iterrows())
             + f" nats (final sample) with no head above {s1.best_prefix.max():.2f}; the window rule finds "
-            + ' and '.join(f"a {k}" if k != 'none' else 'no window' for k in sorted(set(s1.fall))) + " in them, no phase change.")
+            + ' and '.join(f"a {k}" if k != 'none' else 'no window' for k in sorted(set(s1.fall))) + " in them, no phase change."
+            + (long_text(long_controls) if long_controls is not None and Path(long_controls).exists() else ""))
+
+def long_text(folder) -> str:
+    "One sentence on the 1-layer controls trained as long as the 2-layer runs (their final ICL and the rule's verdict)."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        s = summary_table(load_results(folder))
+    return (f" Controls trained as long ({s.tokens.max()/1e6:.1f}M tokens): "
+            + ', '.join(f"{fmt_num(r.final_icl)} [{fmt_num(r.final_icl_lo)}, {fmt_num(r.final_icl_hi)}] ({r.fall}, best head "
+                        f"{r.best_prefix:.2f})" for _, r in s.iterrows()) + " (final sample, files resampled).")
 
 # %% ../nbs/04_phase_change.ipynb #86828f2e
 def window_rule_table(tables: list[RunTables]) -> pd.DataFrame:
