@@ -19,14 +19,16 @@ from .scores import icl_per_example, classify_heads
 from .sweep import add_measure, sweep, cached_arrays, measure_inputs, MEASURE_PARAMS
 from .experiment import RunTables, run_tables, load_or_compute_each, shade, tokens_axis, boot_means, mean_ci
 from .zoo import ZOO, has_window, head_window, train_zoo
+from .tables import show_table
 
 # %% auto #0
 __all__ = ['KINDS', 'ABLATION_KINDS', 'ABLATION_PARAMS', 'KIND_COLORS', 'zero_hooks', 'mean_hooks', 'freeze_hooks', 'z_means',
            'ablate', 'head_ablation_losses', 'before_after_direction', 'head_ablation_table', 'other_head_sets',
-           'set_ablation_icl', 'set_ablation', 'removed_fraction', 'Ablation', 'head_classes', 'final_ablation',
-           'compute_ablation', 'ablation_windows', 'fig_head_heatmaps', 'fig_attribution', 'final_removed',
-           'final_heads', 'attribution_text', 'sets_text', 'zero_vs_pattern_text', 'fig_sets', 'mlp_text',
-           'comparison_table', 'agreement_text', 'ablation_setup', 'ablation_cmd', 'speed_text']
+           'set_ablation_icl', 'set_ablation', 'removed_fraction', 'Ablation', 'head_classes', 'window_src',
+           'final_ablation', 'compute_ablation', 'ablation_windows', 'fig_head_heatmaps', 'fig_attribution',
+           'final_removed', 'sample_shares', 'final_heads', 'attribution_text', 'sets_text', 'zero_vs_pattern_text',
+           'fig_sets', 'mlp_text', 'comparison_table', 'agreement_text', 'numbers_box', 'ablation_setup',
+           'ablation_cmd', 'speed_text']
 
 # %% ../nbs/07_arg3_ablation.ipynb #bf956b6d
 def _by_layer(heads) -> dict[int, list[int]]:
@@ -208,10 +210,11 @@ def set_ablation(run: Run, heads, n_draws: int=20, seed: int=0, kind: str='zero'
                 ablated=res[:, 1], others=res[:, 2:], heads=np.array(heads).reshape(-1, 2), other_sets=np.array(sets).reshape(len(sets), -1, 2))
 
 # %% ../nbs/07_arg3_ablation.ipynb #2c0d026c
-def removed_fraction(clean, ablated, n_boot: int=1000, seed: int=0, ci: float=0.95) -> tuple[float, float, float]:
+def removed_fraction(clean, ablated, n_boot: int=1000, seed: int=0, ci: float=0.95, groups=None) -> tuple[float, float, float]:
     """`(fraction, lo, hi)`: the share of the ICL score an ablation removes, `1 − mean(ablated) / mean(clean)`, with a
-    percentile bootstrap interval over examples (paired) and, when `ablated` is `[draw, example]`, over draws too."""
-    b_clean, b_abl = boot_means([clean, ablated], n_boot, seed)
+    percentile bootstrap interval over examples (paired; whole `groups` of them, e.g. source files, when given) and,
+    when `ablated` is `[draw, example]`, over draws too."""
+    b_clean, b_abl = boot_means([clean, ablated], n_boot, seed, groups)
     lo, hi = np.quantile(1 - b_abl / b_clean, [(1 - ci) / 2, (1 + ci) / 2])
     return float(1 - np.mean(ablated) / np.mean(clean)), float(lo), float(hi)
 
@@ -248,18 +251,27 @@ class Ablation:
     @property
     def window(self): return SimpleNamespace(start=self.info['window'][0], end=self.info['window'][1])
 
+    def src(self, which: str='final') -> np.ndarray|None:
+        "The source file of each window of the `final` sample or of the `sets` (curve) sample; None if not recorded."
+        d = self.final if which == 'final' else self.sets
+        return None if d is None or 'src' not in d else d['src']
+
 def head_classes(t: RunTables) -> pd.DataFrame:
     "`classify_heads` (previous-token / induction / other) on the scores of the run's last snapshot."
     last = t.heads[t.heads.step == t.heads.step.max()].sort_values(['layer', 'head'])
     shape = (int(last.layer.max()) + 1, int(last['head'].max()) + 1)
     return classify_heads(np.array(last.prefix).reshape(shape), np.array(last.prev).reshape(shape))
 
+def window_src(run: Run, n: int) -> np.ndarray:
+    "The source file of each of the `n` windows the ablation sweep measures (`measure_inputs`'s ICL windows)."
+    return run.corpus().window_sources('val', run.config.model.n_ctx, n, seed=(MEASURE_PARAMS['icl_seed'], 1))
+
 def final_ablation(run: Run, induction, n_draws: int=20, n_final: int=1024, device=None) -> dict:
-    "`Ablation.final`: the last snapshot's per-head and set ablations on `n_final` windows, for tight intervals."
+    "`Ablation.final`: the last snapshot's per-head and set ablations on `n_final` windows, with each window's source file."
     p = {**ABLATION_PARAMS, 'n_icl': n_final}
     final = {k: cached_arrays(run, f'array/ablation_{k}_icl', run.steps[-1:], False, device=device, **p)[0] for k in ABLATION_KINDS}
     s = set_ablation(run, induction, n_draws, steps=run.steps[-1:], progress=False, device=device, **p)
-    return final | dict(clean=s['clean'][0], ablated=s['ablated'][0], others=s['others'][0])
+    return final | dict(clean=s['clean'][0], ablated=s['ablated'][0], others=s['others'][0], src=window_src(run, n_final))
 
 def compute_ablation(run: Run, t: RunTables, window, n_draws: int=20, n_final: int=1024, progress: bool=True,
                      device=None) -> Ablation:
@@ -271,6 +283,7 @@ def compute_ablation(run: Run, t: RunTables, window, n_draws: int=20, n_final: i
     t1 = time.perf_counter()
     induction = classes[classes.kind == 'induction'][['layer', 'head']].values.tolist()
     sets = set_ablation(run, induction, n_draws, progress=progress, device=device) if induction else None
+    if sets is not None: sets['src'] = window_src(run, ABLATION_PARAMS['n_icl'])
     t2 = time.perf_counter()
     final = final_ablation(run, induction, n_draws, n_final, device)
     cfg = run.config.model
@@ -302,39 +315,45 @@ def _edges(tokens) -> np.ndarray:
 
 def fig_head_heatmaps(results: dict, value: str='zero', vmax: float|None=None, min_tokens: float=2e5):
     """One panel per run: ΔICL (`value`: 'zero' or 'pattern') when each head (rows, labelled `layer.head` in its class's
-    colour) is ablated, at every snapshot (columns, tokens on a log axis); red = the head carried ICL; window outlined."""
-    fig, axs = plt.subplots(1, len(results), figsize=(4.3 * len(results), 3.4), sharex=True, squeeze=False, constrained_layout=True)
+    colour) is ablated, at every snapshot (columns, tokens on a log axis); red = the head carried ICL; window outlined.
+    Two panels per row, so the labels stay readable at page width."""
+    ncol = min(2, len(results)); nrow = -(-len(results) // ncol)
+    fig, axs = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.2 * nrow), sharex=True, squeeze=False, constrained_layout=True)
     vmax = vmax or max(float(r.heads[r.heads.tokens >= min_tokens][value].abs().max()) for r in results.values())
-    for ax, (name, r) in zip(axs[0], results.items()):
+    for ax in axs.flat[len(results):]: ax.set_visible(False)
+    for ax, (name, r) in zip(axs.flat, results.items()):
         h = r.heads[r.heads.tokens >= min_tokens]
         grid = h.pivot_table(index=['layer', 'head'], columns='tokens', values=value)          # [head, snapshot]
         im = ax.pcolormesh(_edges(grid.columns), np.arange(len(grid) + 1), grid.values, cmap='RdBu_r', vmin=-vmax, vmax=vmax)
         ax.set_xscale('log'); ax.invert_yaxis()
         kinds = h.drop_duplicates(['layer', 'head']).set_index(['layer', 'head']).kind
-        ax.set_yticks(np.arange(len(grid)) + 0.5, [f"{l}.{hh}" for l, hh in grid.index], fontsize=7)
+        ax.set_yticks(np.arange(len(grid)) + 0.5, [f"{l}.{hh}" for l, hh in grid.index], fontsize=8)
         for lab, (l, hh) in zip(ax.get_yticklabels(), grid.index): lab.set_color(KIND_COLORS[kinds[(l, hh)]])
         for x in r.info['window']: ax.axvline(x, color='k', ls='--', lw=0.8)
-        ax.set_title(name, fontsize=10); ax.set_xlabel('tokens seen')
-    axs[0, 0].set_ylabel('head (layer.head)')
-    fig.colorbar(im, ax=axs[0, -1], label=f'ΔICL when ablated ({value}), nats')
+        ax.set_title(name, fontsize=11); ax.set_xlabel('tokens seen'); ax.set_ylabel('head (layer.head)')
+    fig.colorbar(im, ax=axs[:, -1], label=f'ΔICL when ablated ({value}), nats')
     return fig
 
 def fig_attribution(results: dict, value: str='pattern', min_tokens: float=2e5):
-    """The paper's per-head attribution, one column per run: ΔICL (top) and the projection of the per-token-loss change
-    on the before/after-window direction (bottom) over training, one line per head coloured by its class; window shaded."""
-    fig, axs = plt.subplots(2, len(results), figsize=(4.2 * len(results), 5.6), sharex=True, squeeze=False, constrained_layout=True)
-    for j, (name, r) in enumerate(results.items()):
+    """The paper's per-head attribution, two runs per row: for each run ΔICL (upper panel) and the projection of the
+    per-token-loss change on the before/after-window direction (lower panel) over training, one line per head coloured
+    by its class; window shaded."""
+    ncol = min(2, len(results)); nrow = -(-len(results) // ncol)
+    fig, axs = plt.subplots(2 * nrow, ncol, figsize=(5.4 * ncol, 2.6 * 2 * nrow), sharex=True, squeeze=False, constrained_layout=True)
+    for k in range(len(results), nrow * ncol):                        # unused slots of an odd number of runs
+        for r in (0, 1): axs[2 * (k // ncol) + r, k % ncol].set_visible(False)
+    for k, (name, r) in enumerate(results.items()):
+        top, bottom = axs[2 * (k // ncol), k % ncol], axs[2 * (k // ncol) + 1, k % ncol]
         h = r.heads[r.heads.tokens >= min_tokens]
         for (l, hh), g in h.groupby(['layer', 'head']):
             c = KIND_COLORS[g.kind.iloc[0]]
-            axs[0, j].plot(g.tokens, g[value], color=c, lw=1.2 if c != '0.6' else 0.8)
-            axs[1, j].plot(g.tokens, g[f'{value}_proj'], color=c, lw=1.2 if c != '0.6' else 0.8)
-        for i, ax in enumerate(axs[:, j]):
+            top.plot(g.tokens, g[value], color=c, lw=1.2 if c != '0.6' else 0.8)
+            bottom.plot(g.tokens, g[f'{value}_proj'], color=c, lw=1.2 if c != '0.6' else 0.8)
+        for ax in (top, bottom):
             ax.axhline(0, color='k', lw=0.5); shade(ax, r.window)
-            tokens_axis(ax, xlabel=i == 1)
-        axs[0, j].set_title(name, fontsize=10)
-    axs[0, 0].set_ylabel(f'ΔICL when ablated ({value}), nats')
-    axs[1, 0].set_ylabel('Δloss · before/after unit vector')
+            tokens_axis(ax, xlabel=ax is bottom)
+        top.set_title(name, fontsize=11)
+        top.set_ylabel(f'ΔICL ({value}), nats'); bottom.set_ylabel('Δloss · before/after')
     axs[0, -1].legend(handles=[plt.Line2D([], [], color=c, label=k) for k, c in KIND_COLORS.items()], fontsize=8)
     return fig
 
@@ -342,8 +361,29 @@ def fig_attribution(results: dict, value: str='pattern', min_tokens: float=2e5):
 def _nearest(tokens, x) -> int: return int(np.abs(np.log(np.maximum(np.asarray(tokens, dtype=float), 1.0)) - np.log(x)).argmin())
 
 def final_removed(r: Ablation, which: str='ablated') -> tuple[float, float, float]:
-    "`removed_fraction` at the last snapshot (`r.final`'s windows) of the induction heads (`'ablated'`) or the other sets (`'others'`)."
-    return removed_fraction(r.final['clean'], r.final[which])
+    """`removed_fraction` at the last snapshot (`r.final`'s windows, source files resampled) of the induction heads
+    (`'ablated'`) or the other sets (`'others'`)."""
+    return removed_fraction(r.final['clean'], r.final[which], groups=r.src())
+
+def sample_shares(r: Ablation, part: int=64) -> pd.DataFrame:
+    """The share of ICL the induction heads remove at the last snapshot, sample by sample: the curve's windows (the sweep's
+    `sets`), the final sample, and the final sample cut into disjoint parts of `part` windows (the curve's size; the
+    first part is the curve's own windows), plus any fresh samples in `r.info['fresh']`. Intervals resample files."""
+    rows = []
+    def row(name, clean, abl, src):
+        f, lo, hi = removed_fraction(clean, abl, groups=src)
+        rows.append(dict(sample=name, windows=len(clean), files=len(np.unique(src)) if src is not None else len(clean),
+                         clean_icl=float(clean.mean()), ablated_icl=float(abl.mean()), removed_nats=float(abl.mean() - clean.mean()),
+                         share=f, share_lo=lo, share_hi=hi))
+    s, f, fs = r.sets, r.final, r.src()
+    row(f"curve sample (last snapshot)", s['clean'][-1], s['ablated'][-1], r.src('sets'))
+    row(f"final sample", f['clean'], f['ablated'], fs)
+    for k in range(len(f['clean']) // part):
+        sl = slice(k * part, (k + 1) * part)
+        row(f"final sample, part {k + 1}", f['clean'][sl], f['ablated'][sl], None if fs is None else fs[sl])
+    for k, fr in enumerate(r.info.get('fresh', [])):
+        row(f"fresh sample {k + 1} (seed {fr['seed']})", np.array(fr['clean']), np.array(fr['ablated']), np.array(fr['src']))
+    return pd.DataFrame(rows).set_index('sample')
 
 def final_heads(r: Ablation) -> pd.DataFrame:
     """The last snapshot's rows of `r.heads` with the clean ICL and each head's ΔICL taken from `r.final` (more windows),
@@ -351,7 +391,7 @@ def final_heads(r: Ablation) -> pd.DataFrame:
     last = r.heads[r.heads.step == r.heads.step.max()].sort_values(['layer', 'head']).reset_index(drop=True)
     last['icl'] = float(r.final['clean'].mean())
     for k in ABLATION_KINDS:
-        ci = np.array([mean_ci(x) for x in r.final[k].reshape(len(last), -1)])
+        ci = np.array([mean_ci(x, groups=r.src()) for x in r.final[k].reshape(len(last), -1)])
         last[k], last[f'{k}_lo'], last[f'{k}_hi'] = ci.T
     return last
 
@@ -367,37 +407,63 @@ def attribution_text(results: dict, value: str='pattern') -> str:
         n_final = r.final['clean'].shape[-1]
         if not len(ind):
             big = last.loc[last[value].abs().idxmax()]
-            out.append(f"- **{name}** has no induction head. Its final ICL score is {icl:+.3f} nats ({n_final} windows); the largest effect of "
+            ci = mean_ci(r.final['clean'], groups=r.src())
+            out.append(f"- **{name}** has no induction head. Its final ICL score is {_fmt_ci(*ci)} nats (final sample, {n_final} windows; "
+                       f"95% interval resampling source files; the zoo's final sample of the same snapshot has 3,072 windows); the largest effect of "
                        f"ablating one head is {big[value]:+.3f} nats (head {int(big.layer)}.{int(big['head'])}).")
             continue
         heads = '; '.join(f"head {int(h.layer)}.{int(h['head'])}: ΔICL {_fmt_ci(h[value], h[f'{value}_lo'], h[f'{value}_hi'])} nats"
                           f" ({h[value] / -icl:.0%} of the score)" for _, h in ind.iterrows())
+        n_files = len(np.unique(r.src())) if r.src() is not None else n_final
         neg, pos = oth[oth[value] < 0], oth[oth[value] > 0]
         g = r.heads[r.heads.kind == 'induction'].groupby('step')
         d, tok = g[value].sum(), g.tokens.first()
         i0, i1 = _nearest(tok, r.window.start), _nearest(tok, r.window.end)
         rise, total = d.iloc[i1] - d.iloc[i0], d.iloc[-1] - d.iloc[0]
-        out.append(f"- **{name}**: final ICL score {icl:+.3f} nats ({n_final} windows). Ablating the induction head{'s' * (len(ind) > 1)} "
+        out.append(f"- **{name}**: final ICL score {icl:+.3f} nats (final sample: {n_final} windows from {n_files} files; intervals resample files). Ablating the induction head{'s' * (len(ind) > 1)} "
                    f"alone — {heads}. Of the other {len(oth)} heads, ablating {len(neg)} makes in-context learning *stronger* "
                    f"(ΔICL < 0; {int((neg[f'{value}_hi'] < 0).sum())} with the whole interval below 0; together {neg[value].sum():+.3f} "
                    f"nats) and {len(pos)} weaker ({int((pos[f'{value}_lo'] > 0).sum())} with the whole interval above 0; together "
                    f"{pos[value].sum():+.3f}). Over training (the sweep's {r.info['params']['n_icl']} windows) the induction heads' summed "
                    f"ΔICL is {d.iloc[i0]:+.3f} at the window's start, {d.iloc[i1]:+.3f} at its end and {d.iloc[-1]:+.3f} at the last "
-                   f"snapshot: its rise inside the window is {rise / total:.0%} of its change over the whole run ({total:+.3f}). "
+                   f"snapshot: its rise inside the window is {rise / total:.0%} of its change over the whole run ({total:+.3f})"
+                   + (f" — more than all of it, because the summed ΔICL peaks near the window's end and falls back by "
+                      f"{d.iloc[i1] - d.iloc[-1]:.3f} nats afterwards" if rise > total else "") + ". "
                    f"Projected on the before/after direction, their loss change at the last snapshot is {ind[f'{value}_proj'].sum():+.2f} "
                    f"(the other heads': {oth[f'{value}_proj'].min():+.2f} to {oth[f'{value}_proj'].max():+.2f}).")
     return '\n'.join(out)
 
+def _over100(hi: float) -> str:
+    return (" (an upper bound over 100% means the data allow the ablated model's ICL score to be zero or to change sign: "
+            "late tokens no better predicted than early ones)") if hi > 1 else ""
+
 def sets_text(results: dict) -> str:
-    "Per run with induction heads: the share of the final ICL score removed by ablating them all, against as many other heads."
+    """Per run with induction heads: the share of the ICL score removed by ablating them all at the last snapshot, on the
+    curve's sample and on the final sample side by side, the spread over disjoint parts of the final sample, and as many
+    other heads for comparison."""
     out = []
     for name, r in results.items():
         if r.sets is None: continue
         f, n = r.final, len(r.info['induction'])
-        a, g = final_removed(r), final_removed(r, 'others')
-        out.append(f"- **{name}**: ablating its {n} induction head{'s' * (n > 1)} removes {_fmt_ci(*a, fmt='{:.0%}')} of the final "
-                   f"ICL score ({float(f['clean'].mean()):+.3f} → {float(f['ablated'].mean()):+.3f} nats, {f['clean'].shape[-1]} "
-                   f"windows); ablating {n} other head{'s' * (n > 1)} instead removes {_fmt_ci(*g, fmt='{:.0%}')} (over "
+        sh, g = sample_shares(r), final_removed(r, 'others')
+        c, fin = sh.iloc[0], sh.loc['final sample']
+        parts = sh[sh.index.str.startswith('final sample, part')]
+        fresh = sh[sh.index.str.startswith('fresh')]
+        out.append(f"- **{name}**: ablating its {n} induction head{'s' * (n > 1)} removes "
+                   f"{_fmt_ci(fin.share, fin.share_lo, fin.share_hi, fmt='{:.0%}')} of the ICL score on the final sample "
+                   f"({int(fin.windows):,} windows, {int(fin.files)} files: {fin.clean_icl:+.3f} → {fin.ablated_icl:+.3f} nats)"
+                   f"{_over100(fin.share_hi)}, and {_fmt_ci(c.share, c.share_lo, c.share_hi, fmt='{:.0%}')} on the curve's "
+                   f"{int(c.windows)} windows ({int(c.files)} files: {c.clean_icl:+.3f} → {c.ablated_icl:+.3f} nats){_over100(c.share_hi) if fin.share_hi <= 1 else ''}. "
+                   f"Both remove similar amounts ({fin.removed_nats:+.3f} and {c.removed_nats:+.3f}); what differs is how much ICL "
+                   f"the clean model shows on each sample. Cut into {len(parts)} disjoint parts of {int(c.windows)} windows, the final "
+                   f"sample gives shares from {parts.share.min():.0%} to {parts.share.max():.0%}"
+                   + (" (over 100% where the ablated model's ICL score on that part is positive: without the heads, late "
+                      "tokens there are predicted slightly worse than early ones)" if parts.share.max() > 1 else "")
+                   + f" (standard deviation "
+                   f"{parts.share.std():.0%}): that is the sample-to-sample spread of a {int(c.windows)}-window share"
+                   + (f"; {len(fresh)} fresh samples of {int(fresh.windows.iloc[0]):,} windows give "
+                      + ', '.join(f"{v:.0%}" for v in fresh.share) if len(fresh) else "")
+                   + f". Ablating {n} other head{'s' * (n > 1)} instead removes {_fmt_ci(*g, fmt='{:.0%}')} (final sample, over "
                    f"{f['others'].shape[0]} draws; negative: ICL grows).")
     return '\n'.join(out)
 
@@ -420,7 +486,7 @@ def fig_sets(results: dict, min_tokens: float=2e5):
     """One panel per run with induction heads, over training: the ICL removed (ablated − clean ICL score, paired per
     example) when all its induction heads are ablated at once (red), and when as many other heads are (grey: over the
     draws), beside the whole clean score, −ICL (black: what there is to remove). Bands: 95% bootstrap intervals over
-    examples (and draws); window shaded. Markers right of the curves: the same at the last snapshot on `r.final`'s windows."""
+    source files (and draws); window shaded. Markers right of the curves: the same at the last snapshot on `r.final`'s windows."""
     results = {k: r for k, r in results.items() if r.sets is not None}
     fig, axs = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.3), sharey=True, squeeze=False, constrained_layout=True)
     for ax, (name, r) in zip(axs[0], results.items()):
@@ -430,12 +496,12 @@ def fig_sets(results: dict, min_tokens: float=2e5):
         ax.plot(tok, -s['clean'][keep].mean(-1), color='k', ls='--', label='−ICL of the clean model')
         for d, color, label in ((s['ablated'] - s['clean'], 'tab:red', f"{n} induction head{'s' * (n > 1)} ablated"),
                                 (s['others'] - s['clean'][:, None], '0.5', f"{n} other head{'s' * (n > 1)} ablated ({s['others'].shape[1]} draws)")):
-            m = np.array([mean_ci(x) for x in d[keep]])                     # [snapshot, (mean, lo, hi)]
+            m = np.array([mean_ci(x, groups=r.src('sets')) for x in d[keep]])   # [snapshot, (mean, lo, hi)]
             ax.plot(tok, m[:, 0], color=color, label=label)
             ax.fill_between(tok, m[:, 1], m[:, 2], color=color, alpha=0.2, lw=0)
         f, x = r.final, tok[-1] * 1.25
         for d, color in ((-f['clean'], 'k'), (f['ablated'] - f['clean'], 'tab:red'), (f['others'] - f['clean'][None], '0.5')):
-            m, lo, hi = mean_ci(d)
+            m, lo, hi = mean_ci(d, groups=r.src())
             ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt='o', color=color, ms=4, capsize=2)
         shade(ax, r.window); tokens_axis(ax); ax.axhline(0, color='k', lw=0.5)
         ax.set_title(name, fontsize=10); ax.legend(fontsize=7)
@@ -451,9 +517,15 @@ def mlp_text(results: dict, attn: str='attn-2L s0', mlp: str='mlp-2L s0') -> str
     def single(r):            # each induction head's share of the final score, when ablated alone
         last = final_heads(r)
         return ', '.join(f"{h.pattern / -h.icl:.0%} ({int(h.layer)}.{int(h['head'])})" for _, h in last[last.kind == 'induction'].iterrows())
-    def sep(r):               # the induction heads' summed projection over the most negative other head's
+    def proj(r):              # per head: each induction head's projection against the most negative other head's
         last = final_heads(r)
-        return last[last.kind == 'induction'].pattern_proj.sum() / last[last.kind != 'induction'].pattern_proj.min()
+        ind, oth = last[last.kind == 'induction'], last[last.kind != 'induction']
+        o = oth.loc[oth.pattern_proj.idxmin()]
+        top = last.loc[last.pattern_proj.idxmin()]
+        return (', '.join(f"{h.pattern_proj:+.2f} ({int(h.layer)}.{int(h['head'])})" for _, h in ind.iterrows())
+                + f" against {o.pattern_proj:+.2f} for the most negative other head ({int(o.layer)}.{int(o['head'])})"
+                + ("" if top.kind == 'induction' else
+                   f"; so per head the most negative projection is not an induction head's but head {int(top.layer)}.{int(top['head'])}'s ({top.kind})"))
     n = len(m.info['induction'])
     return (f"The MLP model forms {n} induction head{'s' * (n > 1)} ({', '.join(f'{l}.{h}' for l, h in m.info['induction'])}). "
             f"Ablated together they remove {pct(final_removed(m))} of its final ICL score ({float(m.final['clean'].mean()):+.3f} "
@@ -464,8 +536,8 @@ def mlp_text(results: dict, attn: str='attn-2L s0', mlp: str='mlp-2L s0') -> str
             f"chapter does not tell the two apart), so a per-head attribution alone would miss much of their role.\n"
             f"- **Other heads matter more:** as many other heads, ablated together, remove {pct(final_removed(m, 'others'))} "
             f"(attention-only: {pct(final_removed(a, 'others'))}).\n"
-            f"- **The before/after projection separates less:** the induction heads' projection is {sep(m):.1f}× the most "
-            f"negative other head's (attention-only: {sep(a):.1f}×).\n\n"
+            f"- **The before/after projection separates less.** Per head, at the last snapshot: {proj(m)} (attention-only: "
+            f"{proj(a)}).\n\n"
             f"The MLPs read and rewrite the residual stream between the heads, so an ablation's effect is no longer a sum of "
             f"paths through the heads; this is why the paper calls the evidence for models with MLPs only suggestive.")
 
@@ -478,9 +550,10 @@ def comparison_table(results: dict) -> pd.DataFrame:
         oth = last[last.kind != 'induction']
         f = final_removed(r) if r.sets is not None else None
         g = final_removed(r, 'others') if r.sets is not None else None
-        rows[name] = {'final ICL (nats)': f"{last.icl.iloc[0]:+.3f}",
+        rows[name] = {'final ICL (nats, final sample)': f"{last.icl.iloc[0]:+.3f}",
                       'induction heads': ', '.join(f'{l}.{h}' for l, h in r.info['induction']) or 'none',
-                      'ICL removed by them': _fmt_ci(*f, fmt='{:.0%}') if f else '–',
+                      'ICL removed by them (final sample)': _fmt_ci(*f, fmt='{:.0%}') if f else '–',
+                      "(curve's sample)": (lambda c: _fmt_ci(c.share, c.share_lo, c.share_hi, fmt='{:.0%}'))(sample_shares(r).iloc[0]) if f else '–',
                       'by as many other heads': _fmt_ci(*g, fmt='{:.0%}') if g else '–',
                       'other heads whose ablation strengthens ICL': f"{int((oth.pattern < 0).sum())} of {len(oth)}",
                       'the paper': ('no induction heads, little ICL' if r.sets is None else
@@ -502,12 +575,18 @@ def agreement_text(results: dict) -> str:
                f"has the most negative projection on the before/after direction; the attribution appears in the window "
                f"(figures above). " + ' '.join(f"{k} has no induction head and a final ICL score of {r.final['clean'].mean():+.3f} nats."
                                                for k, r in results.items() if r.sets is None))
-    fr = {k: final_removed(r) for k, r in attn.items()}
-    most = [k for k, f in fr.items() if f[1] >= 0.75]
-    out.append(f"- **{'Agree' if len(most) == len(fr) else 'Partly differ'}: how much.** The paper says *almost all* ICL in small "
-               f"attention-only models comes from induction heads, without a number. Here ablating them removes "
-               + ', '.join(f"{_fmt_ci(*f, fmt='{:.0%}')} ({k})" for k, f in fr.items())
-               + f" of the final ICL score; in {len(most)} of {len(fr)} models the whole interval lies above 75%.")
+    sh = {k: sample_shares(r) for k, r in attn.items()}
+    def how(k):
+        x = sh[k]; fin, c = x.loc['final sample'], x.iloc[0]
+        parts = x[x.index.str.startswith('final sample, part')]
+        return (f"{fin.share:.0%} [{fin.share_lo:.0%}, {fin.share_hi:.0%}] on the final sample and {c.share:.0%} "
+                f"[{c.share_lo:.0%}, {c.share_hi:.0%}] on the curve's, {parts.share.min():.0%}–{parts.share.max():.0%} over "
+                f"{len(parts)} disjoint {int(c.windows)}-window parts ({k})")
+    out.append(f"- **Agree, with a wide spread: how much.** The paper says *almost all* ICL in small attention-only models "
+               f"comes from induction heads, without a number. Here ablating them removes " + '; '.join(how(k) for k in sh)
+               + ". The nats removed hardly depend on the sample; the clean score they are divided by does, so a single "
+               f"sample's share can be anywhere in that range, and the intervals (which resample source files) are wide. "
+               f"On every sample the induction heads remove most of the ICL; how close to all of it, these runs cannot say.")
     stronger = {k: (int(((last.kind != 'induction') & (last.pattern < 0)).sum()), int((last.kind != 'induction').sum()))
                 for k, last in top.items()}
     out.append(f"- **Agree: other heads.** Ablating most other heads makes ICL *stronger*: " +
@@ -518,6 +597,27 @@ def agreement_text(results: dict) -> str:
                f"at the last snapshot (the paper: 10,000 examples at every snapshot); {'–'.join(map(str, snaps))} snapshots per "
                f"run (the paper: ~200); d_model {i['d_model']} with {i['n_heads']} heads per layer (the paper: 768 and 12).")
     return '\n'.join(out)
+
+# %% ../nbs/07_arg3_ablation.ipynb #a0d3160c
+def numbers_box(folder) -> str:
+    "The page's result in numbers (a Markdown callout under the lede), from the committed ablation results in `folder`."
+    res = [Ablation.load(p) for p in sorted(Path(folder).iterdir()) if (p/'info.json').exists()]
+    out = []
+    for r in res:
+        if r.sets is None: continue
+        sh = sample_shares(r)
+        fin, c = sh.loc['final sample'], sh.iloc[0]
+        parts = sh[sh.index.str.startswith('final sample, part')]
+        out.append(f"{r.name}: {fin.share:.0%} [{fin.share_lo:.0%}, {fin.share_hi:.0%}] on the final sample "
+                   f"({int(fin.windows):,} windows; {fin.removed_nats:.2f} nats of {-fin.clean_icl:.2f}), {c.share:.0%} on the "
+                   f"curves' {int(c.windows)} windows ({c.removed_nats:.2f} of {-c.clean_icl:.2f}), "
+                   f"{parts.share.min():.0%}–{parts.share.max():.0%} over {len(parts)} disjoint {int(c.windows)}-window parts")
+    none = [r.name for r in res if r.sets is None]
+    return ("> **The result in numbers.** Ablating all induction heads at the last snapshot removes, of the ICL score: "
+            + '; '.join(out) + ". The nats removed move less between samples than the clean score they are divided by, so a "
+            "single sample's share is uncertain by tens of percentage points (intervals resample source files; shares over "
+            "100% mean the ablated model's score changed sign on that sample)."
+            + (f" {', '.join(none)} has no induction head." if none else ""))
 
 # %% ../nbs/07_arg3_ablation.ipynb #f58ce433
 def ablation_setup(p):

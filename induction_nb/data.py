@@ -45,6 +45,9 @@ class Corpus:
         if split not in ('train', 'val'): raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if n_ctx < 1: raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
         return torch.from_numpy(np.asarray(self.sample(split, n_ctx, size, _rng(seed)), dtype=np.int64))
+    def window_sources(self, split: str, n_ctx: int, n: int, seed=0) -> np.ndarray:
+        "`[n]`: the group (source document) of each window of `batch(split, n_ctx, n, seed)`; here every window is its own."
+        return np.arange(n)
     def describe(self) -> dict:
         "What a run directory records about this corpus (JSON-serialisable)."
         return {'name': self.name}
@@ -59,8 +62,9 @@ def _join(docs: list[bytes]) -> np.ndarray:
 
 class TextCorpus(Corpus):
     "Training and validation text as flat byte arrays; windows start at uniformly random offsets."
-    def __init__(self, train: np.ndarray, val: np.ndarray, name='text', meta: dict|None=None):
+    def __init__(self, train: np.ndarray, val: np.ndarray, name='text', meta: dict|None=None, doc_starts: dict|None=None):
         self.train, self.val, self.name, self.meta = train, val, name, meta or {}
+        self.doc_starts = doc_starts or {}        # {split: offset of each document in the joined array}; not in describe()
         for split, a in (('train', train), ('val', val)):
             if len(a) == 0: raise ValueError(
                 f"Corpus {name!r} has no {split} text. Give it more (or larger) documents: the split needs at least "
@@ -83,7 +87,8 @@ class TextCorpus(Corpus):
             if not any(v for v, d in zip(is_val, docs) if d): is_val[max(i for i, d in enumerate(docs) if d)] = True
             tr = [d for d, v in zip(docs, is_val) if d and not v]; va = [d for d, v in zip(docs, is_val) if d and v]
         meta = {**(meta or {}), 'n_docs_train': len(tr), 'n_docs_val': len(va), 'val_every': val_every}
-        return cls(_join(tr), _join(va), name=name, meta=meta)
+        starts = lambda ds: np.cumsum([0] + [len(x) + 1 for x in ds[:-1]])     # documents are joined by one newline
+        return cls(_join(tr), _join(va), name=name, meta=meta, doc_starts={'train': starts(tr), 'val': starts(va)})
 
     def sample(self, split, n_ctx, n, rng):
         data = self.train if split == 'train' else self.val
@@ -95,6 +100,15 @@ class TextCorpus(Corpus):
         out[:, 0] = BOS
         out[:, 1:] = data[starts[:, None] + np.arange(n_ctx)]
         return out
+
+    def window_sources(self, split: str, n_ctx: int, n: int, seed=0) -> np.ndarray:
+        """`[n]`: the document (index within `split`) holding the middle byte of each window of `batch(split, n_ctx, n, seed)`
+        — the unit a cluster bootstrap resamples, since windows cut from one source file are correlated. One group per
+        window when the corpus was not built from documents."""
+        data = self.train if split == 'train' else self.val
+        starts = _rng(seed).integers(0, len(data) - n_ctx + 1, size=n)        # the draws `sample` makes for this seed
+        b = self.doc_starts.get(split)
+        return np.arange(n) if b is None else np.searchsorted(b, starts + n_ctx // 2, side='right') - 1
 
     def describe(self):
         return {'name': self.name, 'sha256': self.sha256, 'train_bytes': int(len(self.train)),

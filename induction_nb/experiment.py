@@ -13,12 +13,12 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from .train import Run, load_run, in_test
 from .scores import default_icl_indices, default_band
-from .sweep import sweep, loss_by_position_table, pca_loss_vectors
+from .sweep import sweep, loss_by_position_table, pca_loss_vectors, cached_arrays, MEASURE_PARAMS
 
 # %% auto #0
 __all__ = ['TABLE_MEASURES', 'WINDOW_STYLE', 'RunTables', 'load_results', 'run_tables', 'runs_dir', 'load_or_compute',
-           'load_or_compute_each', 'boot_means', 'mean_ci', 'shade', 'tokens_axis', 'run_color', 'smoothed_train_loss',
-           'seed_groups', 'plot_head_scores', 'plot_composition']
+           'load_or_compute_each', 'shade', 'tokens_axis', 'run_color', 'smoothed_train_loss', 'seed_groups',
+           'plot_head_scores', 'plot_composition']
 
 # %% ../nbs/03c_experiment.ipynb #2b1723d5
 @dataclass
@@ -32,6 +32,7 @@ class RunTables:
     loss_by_pos: np.ndarray      # [snapshot, token index]
     ptl: np.ndarray              # [snapshot, example]: loss of one fixed random token per example
     info: dict                   # config, ICL indices, sample sizes
+    windows: dict|None = None    # per-window ICL scores and source files: curve [snapshot, window], curve_src, final, final_src
 
     def save(self, folder):
         "Write the tables to `folder` (CSV + NPY + JSON, a few hundred KB)."
@@ -42,6 +43,9 @@ class RunTables:
         self.heads.to_csv(folder/'heads.csv', index=False)
         np.save(folder/'loss_by_pos.npy', self.loss_by_pos.astype(np.float32))
         np.save(folder/'ptl.npy', self.ptl.astype(np.float32))
+        if self.windows is not None:
+            np.savez_compressed(folder/'icl_windows.npz', **{k: (v.astype(np.float32) if v.dtype.kind == 'f' else v)
+                                                             for k, v in self.windows.items()})
         info = {**self.info, 'run_dir': Path(self.info['run_dir']).name}     # the run's name under the runs folder, no machine path
         (folder/'info.json').write_text(json.dumps({'name': self.name, 'n_layers': self.n_layers, **info}, indent=1))
 
@@ -53,7 +57,8 @@ class RunTables:
         info = json.loads((folder/'info.json').read_text())
         return cls(info.pop('name'), info.pop('n_layers'), pd.read_csv(folder/'train.csv'),
                    pd.read_csv(folder/'snapshots.csv'), pd.read_csv(folder/'heads.csv'),
-                   np.load(folder/'loss_by_pos.npy'), np.load(folder/'ptl.npy'), info)
+                   np.load(folder/'loss_by_pos.npy'), np.load(folder/'ptl.npy'), info,
+                   dict(np.load(folder/'icl_windows.npz')) if (folder/'icl_windows.npz').exists() else None)
 
 # %% ../nbs/03c_experiment.ipynb #123a9f0d
 def load_results(folder) -> list[RunTables]:
@@ -69,14 +74,21 @@ TABLE_MEASURES = ('icl', 'prefix_matching', 'previous_token')    # what `RunTabl
 def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_icl_final: int=3072,
                progress: bool=True, device=None) -> RunTables:
     """Measure every snapshot of `run` (cached beside it) and collect the tables every chapter's figures read. The ICL curve uses
-    `n_icl` windows per snapshot; the last snapshot is measured again on `n_icl_final` windows for a tight interval.
-    `device`: where the models run (`resolve_device`; default the CPU)."""
+    `n_icl` windows per snapshot; the last snapshot is measured again on `n_icl_final` windows for a tight interval (the
+    first `n_icl` of them are the curve's windows). Every interval resamples source files; each window's ICL score and
+    file are kept in `windows`, so the intervals can be recomputed from the tables. `device`: where the models run
+    (`resolve_device`; default the CPU)."""
     run = run if isinstance(run, Run) else load_run(run)
     df = sweep(run, measures=TABLE_MEASURES, progress=progress, device=device, n_icl=n_icl)
     lbp = loss_by_position_table(run, progress=False, device=device, n_icl=n_icl)
     ptl = pca_loss_vectors(run, progress=False, device=device, n_icl=n_icl)
     n_icl_final = n_icl if in_test() else n_icl_final        # the synthetic task's ICL score means nothing
     fin = sweep(run, measures='icl', steps=run.steps[-1:], progress=False, device=device, n_icl=n_icl_final).set_index('measure').value
+    src = lambda n: run.corpus().window_sources('val', run.config.model.n_ctx, n, seed=(MEASURE_PARAMS['icl_seed'], 1))
+    windows = dict(curve=cached_arrays(run, 'array/icl_windows', progress=False, device=device, n_icl=n_icl), curve_src=src(n_icl),
+                   final=cached_arrays(run, 'array/icl_windows', steps=run.steps[-1:], progress=False, device=device,
+                                       n_icl=n_icl_final)[0],
+                   final_src=src(n_icl_final))
     m = run.metrics()
     train_log = m.dropna(subset=['train_loss']).reindex(columns=['step', 'tokens', 'train_loss', 'tok_per_s']).reset_index(drop=True)
     heads = (df[df.measure.isin(['prefix_matching', 'previous_token'])]
@@ -94,7 +106,7 @@ def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_icl_fin
                 n_icl=n_icl, n_pca=ptl.shape[1], run_dir=str(run.path),
                 final_icl=dict(icl=fin['icl'], lo=fin['icl_lo'], hi=fin['icl_hi'], n=n_icl_final))
     return RunTables(name or run.path.name, run.config.model.n_layers, train_log, snaps, heads,
-                     lbp.to_numpy(), ptl, info)
+                     lbp.to_numpy(), ptl, info, windows)
 
 # %% ../nbs/03c_experiment.ipynb #b0dcab50
 def runs_dir() -> Path:
@@ -132,18 +144,7 @@ def load_or_compute_each(results_dir, tables: list[RunTables], compute: Callable
     return out
 
 # %% ../nbs/03c_experiment.ipynb #1ece8fd6
-def boot_means(arrays, n_boot: int=1000, seed: int=0) -> list[np.ndarray]:
-    """Bootstrap means `[n_boot]` of each array in `arrays` (`[example]` or `[draw, example]`): examples are resampled
-    with the same indices for every array (paired), draws independently per array."""
-    arrays = [np.atleast_2d(np.asarray(a, dtype=float)) for a in arrays]
-    rng = np.random.default_rng(seed)
-    i = rng.integers(0, arrays[0].shape[1], (n_boot, arrays[0].shape[1]))
-    return [a[rng.integers(0, len(a), (n_boot, len(a)))[:, :, None], i[:, None, :]].mean((1, 2)) for a in arrays]
-
-def mean_ci(x, n_boot: int=1000, seed: int=0, ci: float=0.95) -> tuple[float, float, float]:
-    "`(mean, lo, hi)` of `x` (`[example]` or `[draw, example]`) with a percentile bootstrap interval (`boot_means`)."
-    lo, hi = np.quantile(boot_means([x], n_boot, seed)[0], [(1 - ci) / 2, (1 + ci) / 2])
-    return float(np.mean(x)), float(lo), float(hi)
+from .scores import boot_means, mean_ci          # the one bootstrap (cluster-aware), defined in the scores chapter
 
 # %% ../nbs/03c_experiment.ipynb #eda003fb
 WINDOW_STYLE = dict(color='tab:orange', alpha=0.15, lw=0)

@@ -15,14 +15,18 @@ from fastcore.basics import patch
 from .train import train, preset, preset_for_env, in_test, RunConfig, device_args, execution_kwargs, resolve_device, step_seconds
 from .experiment import (RunTables, load_results, run_tables, load_or_compute, shade, tokens_axis, run_color,
                                      smoothed_train_loss, seed_groups, WINDOW_STYLE)
+from .scores import mean_ci
+from .tables import show_table, fmt, fmt_ci, fmt_tokens, fmt_pct
 
 # %% auto #0
-__all__ = ['SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window', 'icl_fraction_in_window',
-           'fig_overview', 'fig_window', 'fig_heads', 'fig_loss_by_index', 'log_bins', 'loss_index_derivative',
-           'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca', 'summarize', 'summary_table', 'seed_spread',
-           'paper_table', 'differences_text', 'loss_gap_text', 'heads_text', 'context_gap', 'context_gap_text',
-           'pca_speed', 'pca_text', 'settings_text', 'calibration_table', 'fig_settings', 'phase_change_runs',
-           'draw_figures', 'phase_change', 'report', 'phase_setup', 'phase_change_cmd']
+__all__ = ['MIN_DROP', 'SETTINGS', 'FIGURES', 'smooth_log', 'PhaseWindow', 'icl_derivative', 'phase_window',
+           'icl_fraction_in_window', 'window_drop', 'fall_kind', 'fig_overview', 'fig_window', 'fig_heads',
+           'fig_loss_by_index', 'log_bins', 'loss_index_derivative', 'fig_loss_heatmaps', 'pca_trajectories', 'fig_pca',
+           'summarize', 'summary_table', 'seed_spread', 'fmt_num', 'paper_table', 'differences_text', 'loss_gap_text',
+           'heads_text', 'context_gap', 'context_gap_text', 'pca_speed', 'pca_text', 'settings_text',
+           'calibration_table', 'fig_settings', 'phase_change_runs', 'draw_figures', 'phase_change', 'report', 'icl_at',
+           'equal_tokens_text', 'sample_table', 'numbers_box', 'long_text', 'window_rule_table', 'rule_text',
+           'phase_setup', 'phase_change_cmd']
 
 # %% ../nbs/04_phase_change.ipynb #cbbc42e7
 def smooth_log(tokens, y, sigma: float=0.2) -> np.ndarray:
@@ -91,22 +95,47 @@ def icl_fraction_in_window(tokens, icl, window: PhaseWindow) -> float:
     final = float(np.mean(np.asarray(icl, dtype=float)[-3:]))
     return (at(window.start) - at(window.end)) / -final
 
+# %% ../nbs/04_phase_change.ipynb #540f2e86
+MIN_DROP = 0.125      # nats: half the paper's change across its window (from about −0.15 to about −0.4)
+
+def window_drop(tokens, icl, window: PhaseWindow) -> float:
+    "How far the smoothed ICL score falls across `window`, in nats (positive when it falls)."
+    t, ys, _ = icl_derivative(tokens, icl, window.sigma)
+    at = lambda x: float(np.interp(np.log(x), np.log(t), ys))
+    return at(window.start) - at(window.end)
+
+def fall_kind(tokens, icl, prefix=None, min_drop: float=MIN_DROP, **kw) -> tuple[str, PhaseWindow|None, float]:
+    """`(kind, window, drop)`: what the window rule finds in an ICL curve: 'phase change' (a window across which the
+    smoothed score falls by at least `min_drop` nats), 'gentle fall' (a window with a smaller fall) or 'none' (no fall
+    as steep as `min_slope`). `prefix` and `kw` go to `phase_window`."""
+    try: w = phase_window(tokens, icl, prefix=prefix, **kw)
+    except ValueError: return 'none', None, 0.0
+    drop = window_drop(tokens, icl, w)
+    return ('phase change' if drop >= min_drop else 'gentle fall'), w, drop
+
 # %% ../nbs/04_phase_change.ipynb #76331a37
 @patch
 def window(self: RunTables, **kw) -> PhaseWindow|None:
-    "This run's phase-change window (`phase_window` on its ICL and best-prefix curves), or None, with a warning, if none."
+    "This run's window (`phase_window` on its ICL and best-prefix curves), or None, with a warning, if none."
     try: return phase_window(self.snaps.tokens, self.snaps.icl, prefix=self.snaps.prefix_max, **kw)
     except ValueError as e:
         import warnings
         warnings.warn(f"{self.name}: no phase-change window ({e})")
         return None
 
+@patch
+def fall(self: RunTables, **kw) -> tuple[str, PhaseWindow|None, float]:
+    "`fall_kind` of this run: ('phase change' | 'gentle fall' | 'none', window, drop in nats)."
+    return fall_kind(self.snaps.tokens, self.snaps.icl, prefix=self.snaps.prefix_max, **kw)
+
 # %% ../nbs/04_phase_change.ipynb #9d031a1c
 def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baseline: RunTables|None=None,
                  window_of: str|None=None):
     """Fig 2: training loss, ICL score and best prefix-matching score on one tokens axis, for each run. With a
     1-layer `baseline`, a fourth panel shows each run's training loss minus the baseline's, where the bend is plainest.
-    Where several seeds share a config, the band around their ICL and prefix curves is their range across seeds.
+    Where several seeds share a config, the band around their ICL and prefix curves is their range across seeds. The ICL
+    curve is measured on the curve's sample (`info['n_icl']` windows); a diamond right of each curve is the last snapshot
+    on the larger final sample, with its 95% interval (source files resampled).
     `window_of` names the run whose window is shaded (for the legend)."""
     n = 4 if baseline is not None else 3
     fig, axs = plt.subplots(n, 1, figsize=(8, 2.4 * n), sharex=True)
@@ -115,6 +144,11 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
         axs[0].plot(*smoothed_train_loss(t), color=c, lw=1.2, label=t.name)
         axs[1].plot(t.snaps.tokens, t.snaps.icl, color=c, lw=1.2, marker='.', ms=3)
         axs[2].plot(t.snaps.tokens, t.snaps.prefix_max, color=c, lw=1.2)
+        fin = t.info.get('final_icl')
+        if fin:                     # the last snapshot on the final sample, a little right of the curve's last point
+            x = t.snaps.tokens.iloc[-1] * 1.08
+            axs[1].errorbar([x], [fin['icl']], yerr=[[fin['icl'] - fin['lo']], [fin['hi'] - fin['icl']]], fmt='D', ms=3.5,
+                            color=c, capsize=2, lw=1, label=f"last snapshot, final sample ({fin['n']:,} windows)" if i == 0 else None)
         if baseline is not None and t is not baseline:
             bx, by = smoothed_train_loss(baseline)
             x, y = smoothed_train_loss(t)
@@ -139,7 +173,7 @@ def fig_overview(tables: list[RunTables], window: PhaseWindow|None=None, baselin
         axs[3].set_ylim(max(-1, axs[3].get_ylim()[0]), 0.3)
     for k, ax in enumerate(axs): shade(ax, window); tokens_axis(ax, xlabel=ax is axs[-1])
     if window is not None: axs[0].axvspan(0, 0, label=f"phase-change window{' of ' + window_of if window_of else ''}", **WINDOW_STYLE)
-    if any(len(g) > 1 for g in seed_groups(tables)): axs[1].legend(fontsize=8)
+    axs[1].legend(fontsize=8)
     x0 = min(t.snaps.tokens[t.snaps.tokens > 0].min() for t in tables)
     axs[-1].set_xlim(left=max(x0, 2e5))
     axs[0].legend(fontsize=8, ncol=2)
@@ -182,7 +216,7 @@ def fig_heads(tables: list[RunTables], window: PhaseWindow|None=None, score: str
 
 # %% ../nbs/04_phase_change.ipynb #2dae90b4
 def fig_loss_by_index(t: RunTables, window: PhaseWindow|None=None, n_bins: int=8):
-    """Fig 5: loss over training at token indices grouped in octaves (1, 2–3, 4–7, …; single indices are too noisy)
+    """Fig 5: loss over training at token indices grouped in log-spaced bins (`log_bins`; single indices are too noisy)
     — early and late tokens improve together until the window, then separate."""
     fig, ax = plt.subplots(figsize=(8, 3.4))
     bins = log_bins(t.loss_by_pos.shape[1], n_bins)
@@ -216,18 +250,24 @@ def loss_index_derivative(loss_by_pos: np.ndarray, n_bins: int=8) -> tuple[np.nd
 
 # %% ../nbs/04_phase_change.ipynb #53c59f75
 def fig_loss_heatmaps(tables: list[RunTables], window: PhaseWindow|None=None, vmax: float=0.3, min_tokens: float=2e5):
-    "Heatmaps (snapshots × token index) of the loss and of its derivative with respect to ln(token index)."
+    """Heatmaps (snapshots × token index) of the loss and of its derivative with respect to ln(token index); the derivative's
+    cells span their `log_bins` bins (1, 2–4, 5–9, … at context 512), so its axis starts at token 1 like the loss's."""
     fig, axs = plt.subplots(2, len(tables), figsize=(4.2 * len(tables), 6.4), squeeze=False)
     for j, t in enumerate(tables):
         keep = t.snaps.tokens.values >= min_tokens
         tok, lbp = t.snaps.tokens.values[keep], t.loss_by_pos[keep]
         centres, d = loss_index_derivative(lbp)
-        idx = np.arange(1, lbp.shape[1])
+        idx = np.arange(1, lbp.shape[1] + 1) - 0.5                          # cell edges: index i spans i-0.5..i+0.5
+        bins = log_bins(lbp.shape[1])
+        bin_edges = np.array([b[0] for b in bins] + [bins[-1][-1] + 1]) - 0.5    # each bin spans its own indices
+        t_log = np.log(tok)
+        y_edges = np.exp(np.concatenate([[1.5 * t_log[0] - 0.5 * t_log[1]], (t_log[1:] + t_log[:-1]) / 2,
+                                         [1.5 * t_log[-1] - 0.5 * t_log[-2]]]))
         panels = [(idx, lbp[:, 1:], dict(cmap='magma_r', vmin=np.percentile(lbp[:, 1:], 1), vmax=np.percentile(lbp[:, 1:], 99)), 'loss (nats)'),
-                  (centres, d, dict(cmap='RdBu_r', vmin=-vmax, vmax=vmax), 'd loss / d ln(token index)')]
+                  (bin_edges, d, dict(cmap='RdBu_r', vmin=-vmax, vmax=vmax), 'd loss / d ln(token index)')]
         for i, (x, z, kw, lab) in enumerate(panels):
             ax = axs[i][j]
-            m = ax.pcolormesh(x, tok, z, shading='nearest', rasterized=True, **kw)
+            m = ax.pcolormesh(x, y_edges, z, shading='flat', rasterized=True, **kw)
             ax.set_xscale('log')
             ax.set_yscale('log')
             ax.set_xlabel('token index')
@@ -286,26 +326,29 @@ def _first_cross(tokens, y, level):
     return float(np.asarray(tokens)[hit[0]]) if len(hit) else float('nan')
 
 def summarize(t: RunTables, window: PhaseWindow|None=None) -> dict:
-    "Headline numbers of one run (see above); `window=None` finds it, except for 1-layer runs."
+    "Headline numbers of one run (see above); `window=None` runs the window rule (every run, 1-layer ones included)."
     s, tok = t.snaps, t.snaps.tokens.values
     last, fin = s.iloc[-1], t.info.get('final_icl')      # `fin`: the last snapshot's ICL on many more windows
     h = t.heads[t.heads.step == last.step]
     out = {'run': t.name, 'layers': t.n_layers, 'steps': int(last.step), 'tokens': float(last.tokens),
            'final_icl': fin['icl'] if fin else float(last.icl), 'final_icl_lo': fin['lo'] if fin else float(last.icl_lo),
            'final_icl_hi': fin['hi'] if fin else float(last.icl_hi), 'final_icl_windows': fin['n'] if fin else t.info.get('n_icl'),
+           'final_ci_by': 'files' if t.windows is not None else 'windows',     # tables before per-window values were kept
            'final_val_loss': float(last.val_loss), 'final_prefix': float(last.prefix_max), 'best_prefix': float(s.prefix_max.max()),
            'layer0_prev': float(h[h.layer == 0].prev.max())}
     for level in (0.2, 0.4, 0.7):
         out[f'tokens_prefix_{level}'] = _first_cross(tok, s.prefix_max, level)
         out[f'step_prefix_{level}'] = _first_cross(s.step.values, s.prefix_max, level)
-    if window is None and t.n_layers >= 2: window = t.window()
+    kind, found, drop = t.fall()
+    if window is None: window = found
+    out.update(fall=kind, steepest_fall=float(-icl_derivative(tok, s.icl)[2].min()))
     if window is not None:
         before, at_end = s[tok <= window.start].iloc[-1], s[tok <= window.end].iloc[-1]
         out.update(window_start=window.start, window_end=window.end,
                    prefix_window_start=float(before.prefix_max), prefix_window_end=float(at_end.prefix_max),
                    window_start_step=int(before.step), window_end_step=int(at_end.step),
                    icl_before=float(before.icl), icl_before_lo=float(before.icl_lo), icl_before_hi=float(before.icl_hi),
-                   frac_in_window=icl_fraction_in_window(tok, s.icl, window))
+                   window_drop=window_drop(tok, s.icl, window), frac_in_window=icl_fraction_in_window(tok, s.icl, window))
         out['prefix_0.4_in_window'] = bool(window.start <= out['tokens_prefix_0.4'] <= window.end)
     return out
 
@@ -321,6 +364,12 @@ def seed_spread(summary: pd.DataFrame, layers: int=2) -> pd.DataFrame:
     return rows.agg(['mean', 'std', 'min', 'max']).T
 
 # %% ../nbs/04_phase_change.ipynb #7794fd97
+def fmt_num(x: float, f: str='{:+.3f}') -> str:
+    "`f.format(x)` with a typographic minus sign."
+    s = f.format(x)
+    if float(s) == 0: s = f.format(0.0)                  # no "−0.000"
+    return s.replace('-', '−')
+
 def _pm(summary: pd.DataFrame, col: str, fmt: str='{:+.3f}', scale: float=1.0, layers: int=2) -> str:
     "Mean ± standard deviation over the seeds (`seed_spread`) of one summary column, formatted."
     sp = seed_spread(summary, layers)
@@ -333,18 +382,21 @@ def paper_table(tables: list[RunTables], summary: pd.DataFrame) -> str:
     s1, s2 = summary[summary.layers == 1], summary[summary.layers == 2]
     pm = lambda *a, **k: _pm(summary, *a, **k)
     idx, band, n2 = tables[0].info['icl_indices'], tables[0].info['icl_band'], len(s2)
+    f = s2.final_ci_by == 'files'
+    by = ('resampling source files' if f.all() else 'resampling windows, which understates them' if not f.any() else
+          f"resampling source files for {', '.join(s2.index[f])}; for the others, windows, which understates them")
     return f"""
 | quantity | paper (small models) | here ({n2} seed{'s' * (n2 > 1)} of the 2-layer model) |
 |---|---|---|
-| ICL score before the window | above −0.15 nats | {pm('icl_before')} nats |
-| ICL score at the end of training | about −0.4 nats | {pm('final_icl')} nats (95% intervals ±{((s2.final_icl_hi - s2.final_icl_lo) / 2).max():.3f} or less) |
+| ICL score before the window (curve sample) | above −0.15 nats | {pm('icl_before')} nats |
+| ICL score at the end of training (final sample) | about −0.4 nats | {pm('final_icl')} nats (95% intervals ±{((s2.final_icl_hi - s2.final_icl_lo) / 2).max():.3f} or less, {by}) |
 | share of the final ICL formed inside the window | over 75% | {pm('frac_in_window', '{:.0%}')} |
 | window, in tokens seen | ~1–3 × 10⁹ | {pm('window_start', '{:.1f}', 1e-6)}M – {pm('window_end', '{:.1f}', 1e-6)}M |
 | window, in training steps | — | {pm('window_start_step', '{:.0f}')} – {pm('window_end_step', '{:.0f}')} |
 | best head's prefix-matching score crosses 0.4 | inside the window | at {pm('tokens_prefix_0.4', '{:.1f}', 1e-6)}M tokens; inside the window in {int(s2['prefix_0.4_in_window'].sum()) if 'prefix_0.4_in_window' in s2 else 0} of {n2} seeds |
 | best prefix-matching score at the end | near 1 | {pm('final_prefix', '{:.2f}')} |
 | layer-0 previous-token score at the end | — | {pm('layer0_prev', '{:.2f}')} |
-| 1-layer model: final ICL score | small | {pm('final_icl', layers=1)} nats ({len(s1)} seeds) |
+| 1-layer model: final ICL score (final sample) | small | {pm('final_icl', layers=1)} nats ({len(s1)} seeds, at {s1.tokens.max()/1e6:.1f}M tokens; the 2-layer runs at {s2.tokens.max()/1e6:.1f}M — equal-token scores are under [The runs](#the-runs)) |
 | 1-layer model: best prefix-matching score ever | no induction heads | {pm('best_prefix', '{:.2f}', layers=1)} |
 
 ICL here is loss(token {idx[1]}) − loss(token {idx[0]}), each averaged over ±{band} positions: along the curves on
@@ -357,11 +409,12 @@ def differences_text(tables: list[RunTables], summary: pd.DataFrame) -> str:
     "Where the 2-layer runs differ from the paper, and the likely reasons, as Markdown bullets with computed numbers."
     two, s2 = [t for t in tables if t.n_layers == 2], summary[summary.layers == 2]
     idx, cfg0 = tables[0].info['icl_indices'], two[0].info['config']['model']
-    ratio = lambda paper: paper / s2.window_start.mean()
+    start_ratio, end_ratio = 1e9 / s2.window_start.mean(), 3e9 / s2.window_end.mean()
     late_rise = float(np.mean([t.snaps.prefix_max.iloc[-1] - t.snaps.prefix_max[t.snaps.step <= t.snaps.step.max() - 500].iloc[-1]
                                for t in two]))
     return f"""- **Much earlier, in tokens.** Our window sits at {s2.window_start.mean()/1e6:.1f}M–{s2.window_end.mean()/1e6:.1f}M tokens,
-  about {ratio(1e9):.0f}–{ratio(3e9):.0f} times earlier than the paper's 1–3 billion: our layers have {(768 / cfg0['d_model'])**2:.0f}× fewer attention
+  about {min(start_ratio, end_ratio):.0f}–{max(start_ratio, end_ratio):.0f} times earlier than the paper's 1–3 billion (its start against 1 billion,
+  its end against 3 billion): our layers have {(768 / cfg0['d_model'])**2:.0f}× fewer attention
   parameters (d_model {cfg0['d_model']} vs 768), read a {cfg0['d_vocab']}-byte vocabulary instead of 65,536 tokens, and the whole run is
   {two[0].snaps.tokens.max()/1e6:.0f}M tokens.
 - **Final ICL {s2.final_icl.mean():+.2f} nats** against the paper's about −0.4, at token indices {idx[0]} and {idx[1]}
@@ -393,9 +446,11 @@ def loss_gap_text(tables: list[RunTables], windows: dict) -> str:
     return f"""In every 2-layer seed the ICL score falls, the best head's prefix-matching score rises and the loss pulls away
 from the 1-layer model's in the same stretch of training. Where each seed's window starts, its training loss is
 {gaps.start.astype(float).mean():+.3f} nats (mean over seeds) from the 1-layer control's; at {end1/1e6:.1f}M tokens, the control's last
-step ({'inside' if gaps.inside.all() else 'at or after the end of'} {'every' if gaps.inside.all() else 'some'} seed's window), it is {gaps.end1.astype(float).mean():+.3f}:
-{(1 - gaps.start.astype(float) / gaps.end1.astype(float)).mean():.0%} of that gap opened after the window started. The control is trained for
-{one.snaps.step.max():,} steps to keep the main job short, so the bottom panel stops there."""
+step, it is {gaps.end1.astype(float).mean():+.3f}:
+{(1 - gaps.start.astype(float) / gaps.end1.astype(float)).mean():.0%} of that gap opened after the window started. """ + (
+f"""The control is trained as long as the 2-layer runs ({one.snaps.step.max():,} steps), so the comparison is at equal tokens
+all the way.""" if one.snaps.tokens.max() >= max(t.snaps.tokens.max() for t in two) else
+f"""The control is trained for {one.snaps.step.max():,} steps, shorter than the 2-layer runs, so the bottom panel stops there.""")
 
 # %% ../nbs/04_phase_change.ipynb #b0161dda
 def heads_text(tables: list[RunTables], windows: dict) -> str:
@@ -406,8 +461,11 @@ def heads_text(tables: list[RunTables], windows: dict) -> str:
         best = last.loc[last.prefix.idxmax()]
         g = h[(h.layer == best.layer) & (h['head'] == best['head'])]
         at = lambda x: float(np.interp(x, g.tokens, g.prefix))
+        x = _first_cross(t.snaps.tokens.values, t.snaps.prefix_max, 0.4)
+        where = ('never reaches 0.4' if x != x else f"crosses 0.4 at {x/1e6:.1f}M tokens, " + (
+                 'inside its window' if w.start <= x <= w.end else 'after its window' if x > w.end else 'before its window'))
         return (f"{t.name}: head {int(best.layer)}.{int(best['head'])} goes from {at(w.start):.2f} to {at(w.end):.2f} across the window "
-                f"and ends at {best.prefix:.2f}; {int((last.prefix >= 0.4).sum())} head(s) end above 0.4, all in layer "
+                f"({w.start/1e6:.1f}M–{w.end/1e6:.1f}M tokens) and ends at {best.prefix:.2f}; the best head {where}; {int((last.prefix >= 0.4).sum())} head(s) end above 0.4, all in layer "
                 f"{', '.join(str(int(l)) for l in sorted(last[last.prefix >= 0.4].layer.unique())) or '–'}; the best layer-0 "
                 f"previous-token score ends at {last[last.layer == 0].prev.max():.2f}")
     lines = [f"- {story(t)}." for t in tables if t.n_layers == 2]
@@ -468,9 +526,10 @@ induction head (prefix matching ≥ 0.4) within {int(rs.steps):,} steps, and the
 {int(sf.n_head_04)} of {int(sf.seeds)} seeds did within {int(sf.steps):,} steps (final prefix matching {sf.final_prefix:.2f} on average,
 ICL {sf.final_icl:+.3f} against {rs.final_icl:+.3f}, layer-0 previous-token score {sf.layer0_prev:.2f} against {rs.layer0_prev:.2f}).
 With no positions in the residual stream, a layer-0 head can only tell layer 1 where a token was by attending to
-it: a clean previous-token head is the cheapest way, and it is the first half of the induction circuit.""")
-    if sf1 is not None: parts.append(f"""The 1-layer Shortformer models get that first half too (layer-0 previous-token score {sf1.layer0_prev:.2f}, mean of {int(sf1.seeds)}
-seeds) but have no later layer to compose it with: their best prefix-matching score stays at {sf1.final_prefix_max:.2f}.""")
+it. A clean previous-token head would be the cheapest way, but none forms at this width (layer-0 previous-token
+score {sf.layer0_prev:.2f}; the [mechanism chapter](09_arg5_mechanism.ipynb) finds no clean one either), so why Shortformer positions let the induction head form sooner here is not settled.""")
+    if sf1 is not None: parts.append(f"""The 1-layer Shortformer models (layer-0 previous-token score {sf1.layer0_prev:.2f}, mean of {int(sf1.seeds)}
+seeds) have no later layer to compose a previous-token head with: their best prefix-matching score stays at {sf1.final_prefix_max:.2f}.""")
     if tl is not None:
         init_std = two[0].info['config']['model']['init_std']
         at_stop = np.array([np.interp(tl.steps, t.snaps.step, t.snaps.prefix_max) for t in two])
@@ -592,20 +651,146 @@ def phase_change(out='runs', seeds=(0,), seeds_1l=(0,), setting: str='paper', n_
 
 # %% ../nbs/04_phase_change.ipynb #20efae8f
 def report(tables: list[RunTables], summary: pd.DataFrame) -> str:
-    "The headline numbers as plain text (what the CLI prints)."
+    """The headline numbers as plain text (what the CLI prints). The final ICL is the last snapshot's, on the large final
+    sample, with a 95% interval that resamples source files; "before" is the curve's sample."""
     lines = []
     for name, r in summary.iterrows():
-        if r.layers >= 2 and not math.isnan(r.get('window_start', float('nan'))):
+        n = int(r.final_icl_windows)
+        fin = f"{r.final_icl:+.3f} [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}] nats at the end ({n:,} windows)"
+        if r.get('fall') == 'phase change':
             lines.append(f"{name}: phase change at {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens "
                          f"(steps {int(r.window_start_step)}–{int(r.window_end_step)}); ICL {r.icl_before:+.3f} before → "
-                         f"{r.final_icl:+.3f} [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}] nats at the end "
-                         f"({r.frac_in_window:.0%} of it inside the window); prefix matching {r.final_prefix:.2f} at the end"
+                         f"{fin} ({r.frac_in_window:.0%} of it inside the window); prefix matching {r.final_prefix:.2f} at the end"
                          + (" — no induction head formed, so this window is not an induction-head phase change"
                             if r.best_prefix < 0.2 else ""))
         else:
-            lines.append(f"{name}: final ICL {r.final_icl:+.3f} [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}] nats; "
-                         f"best prefix-matching score ever {r.best_prefix:.2f}")
+            what = (f"no phase change: its steepest ICL fall is a gentle one ({r.steepest_fall:.3f} nats per e-fold, "
+                    f"{r.window_drop:.3f} nats across {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens; a phase change "
+                    f"falls ≥ {MIN_DROP} nats)" if r.get('fall') == 'gentle fall' else
+                    f"no phase change: the ICL score never falls faster than {r.steepest_fall:.3f} nats per e-fold")
+            lines.append(f"{name}: final ICL {fin}; best prefix-matching score ever {r.best_prefix:.2f}; {what}")
     return '\n'.join(lines)
+
+# %% ../nbs/04_phase_change.ipynb #8124614e
+def icl_at(t: RunTables, tokens: float) -> tuple[float, float, float, float]:
+    "`(tokens, icl, lo, hi)` of the last snapshot of `t` at or before `tokens` (the curve's sample)."
+    s = t.snaps[t.snaps.tokens <= tokens * (1 + 1e-9)].iloc[-1]
+    return float(s.tokens), float(s.icl), float(s.icl_lo), float(s.icl_hi)
+
+def equal_tokens_text(tables: list[RunTables]) -> str:
+    """The 2-layer runs against the 1-layer controls at equal tokens: at the end of the shortest control (curve sample,
+    so every number is from the same windows), and, if the runs are equally long, at the end."""
+    two, one = [t for t in tables if t.n_layers == 2], [t for t in tables if t.n_layers == 1]
+    if not two or not one: return ''
+    x = min(t.snaps.tokens.max() for t in one)
+    a = {t.name: icl_at(t, x) for t in two + one}
+    gap = [a[u.name][1] - a[v.name][1] for u in two for v in one]
+    lens = sorted({f"{t.snaps.tokens.max()/1e6:.1f}M" for t in one})
+    same = all(t.snaps.tokens.max() >= max(u.snaps.tokens.max() for u in two) for t in one)
+    return (f"At equal tokens: at {x/1e6:.1f}M tokens" + (" (the end of every run)" if same else
+            f" (the end of the shortest 1-layer control; the controls train for {', '.join(lens)} tokens, the 2-layer runs for "
+            f"{max(t.snaps.tokens.max() for t in two)/1e6:.1f}M)") + ", on the curve's sample of "
+            f"{two[0].info['n_icl']} windows, the ICL scores are "
+            + ', '.join(f"{fmt_num(v[1])} ({k})" for k, v in a.items())
+            + f": each 2-layer run minus each control, {fmt_num(min(gap))} to {fmt_num(max(gap))} nats (negative: more in-context "
+            f"learning in the 2-layer run).")
+
+# %% ../nbs/04_phase_change.ipynb #247941aa
+def sample_table(t: RunTables, fresh: dict|None=None) -> pd.DataFrame:
+    """The ICL score of `t`'s last snapshot on each sample it was measured on — the curve's windows, the final sample and
+    any `fresh` samples (`{'windows_k': [window], 'src_k': [window]}`) — with a 95% interval resampling windows and one
+    resampling source files. Needs the per-window values (`t.windows`)."""
+    if t.windows is None: raise ValueError(f"{t.name}: these tables keep no per-window ICL values (made before they were "
+                                           "kept); recompute them with run_tables")
+    w = t.windows
+    samples = {f"curve sample ({len(w['curve_src'])} windows)": (w['curve'][-1], w['curve_src']),
+               f"final sample ({len(w['final_src']):,} windows)": (w['final'], w['final_src'])}
+    for k in sorted({int(key.split('_')[1]) for key in (fresh or {}) if key.startswith('windows_')}):
+        samples[f"fresh sample {k} ({len(fresh[f'src_{k}']):,} windows)"] = (fresh[f'windows_{k}'], fresh[f'src_{k}'])
+    rows = {}
+    for name, (x, src) in samples.items():
+        x = np.asarray(x, dtype=float)
+        m, lo_w, hi_w = mean_ci(x)
+        _, lo_f, hi_f = mean_ci(x, groups=src)
+        rows[name] = dict(files=len(np.unique(src)), icl=m, windows_lo=lo_w, windows_hi=hi_w, files_lo=lo_f, files_hi=hi_f)
+    return pd.DataFrame(rows).T
+
+# %% ../nbs/04_phase_change.ipynb #73551f18
+def numbers_box(folder, long_controls=None) -> str:
+    """The page's result in numbers (a Markdown callout under the lede), from the committed tables in `folder` (and the
+    1-layer controls trained as long as the 2-layer runs in `long_controls`, if that folder exists)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        tables = load_results(folder)
+        s = summary_table(tables)
+    s2, s1 = s[(s.layers == 2) & (s.fall == 'phase change')], s[s.layers == 1]
+    n = int(s2.final_icl_windows.iloc[0])
+    rng = lambda col, f, k=1: f"{fmt_num(s2[col].min() * k, f)} to {fmt_num(s2[col].max() * k, f)}"
+    by_files = s2[s2.final_ci_by == 'files'].index.tolist()
+    ci = ("95% intervals resample source files" if len(by_files) == len(s2) else
+          f"95% intervals resample source files for {', '.join(by_files) or 'none'}; the others' resample windows and understate")
+    equal = s1.tokens.min() >= s2.tokens.max()
+    return (f"> **The result in numbers.** {len(s2)} of {int((s.layers == 2).sum())} seeds of the 2-layer model have a phase change, "
+            f"starting at {rng('window_start', '{:.1f}', 1e-6)}M and ending at {rng('window_end', '{:.1f}', 1e-6)}M tokens: the ICL "
+            f"score goes from {rng('icl_before', '{:+.3f}')} nats before it (curve sample, {tables[0].info['n_icl']} windows) to "
+            f"{rng('final_icl', '{:+.3f}')} at the end (final sample, {n:,} windows; {ci}), and the best head's "
+            f"prefix-matching score ends at {rng('final_prefix', '{:.2f}')}. The {len(s1)} 1-layer controls, trained "
+            + (f"as long ({s1.tokens.max()/1e6:.1f}M tokens)" if equal else
+               f"for {s1.tokens.max()/1e6:.1f}M tokens against {s2.tokens.max()/1e6:.1f}M") + ", end at "
+            + ', '.join(f"{fmt_num(r.final_icl, '{:+.3f}')} [{fmt_num(r.final_icl_lo, '{:+.3f}')}, {fmt_num(r.final_icl_hi, '{:+.3f}')}]"
+                        for _, r in s1.iterrows())
+            + f" nats (final sample) with no head above {s1.best_prefix.max():.2f}; the window rule finds "
+            + ' and '.join(f"a {k}" if k != 'none' else 'no window' for k in sorted(set(s1.fall))) + " in them, no phase change."
+            + (long_text(long_controls) if long_controls is not None and Path(long_controls).exists() else ""))
+
+def long_text(folder) -> str:
+    "One sentence on the 1-layer controls trained as long as the 2-layer runs (their final ICL and the rule's verdict)."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        s = summary_table(load_results(folder))
+    return (f" Controls trained as long ({s.tokens.max()/1e6:.1f}M tokens): "
+            + ', '.join(f"{fmt_num(r.final_icl)} [{fmt_num(r.final_icl_lo)}, {fmt_num(r.final_icl_hi)}] ({r.fall}, best head "
+                        f"{r.best_prefix:.2f})" for _, r in s.iterrows()) + " (final sample, files resampled).")
+
+# %% ../nbs/04_phase_change.ipynb #86828f2e
+def window_rule_table(tables: list[RunTables]) -> pd.DataFrame:
+    """The window rule on every run: its steepest ICL fall (nats per e-fold of tokens), the window around it, how far the
+    smoothed score falls across it, the verdict (rule 5), and — read only here, never by the rule — the best
+    prefix-matching score any head reaches. One row per run, in the order given."""
+    rows = []
+    for t in tables:
+        kind, w, drop = t.fall()
+        m = t.info['config']['model']
+        rows.append({'run': t.name, 'layers': t.n_layers, 'variant': 'smeared key' if m.get('smeared_key') else
+                     ('attention only' if m.get('attn_only', True) else 'with MLPs'), 'tokens': float(t.snaps.tokens.max()),
+                     'steepest fall': float(-icl_derivative(t.snaps.tokens, t.snaps.icl)[2].min()),
+                     'window start tokens': w.start if w else float('nan'), 'window end tokens': w.end if w else float('nan'),
+                     'fall across window': drop, 'verdict': kind, 'best prefix matching': float(t.snaps.prefix_max.max())})
+    return pd.DataFrame(rows).set_index('run')
+
+# %% ../nbs/04_phase_change.ipynb #a0661b5b
+def rule_text(rule: pd.DataFrame) -> str:
+    "What `window_rule_table` found, as Markdown: the 1-layer controls' falls against the multi-layer phase changes."
+    one = rule[(rule.layers == 1) & (rule.variant != 'smeared key')]
+    pc = rule[rule.verdict == 'phase change']
+    gentle = rule[rule.verdict == 'gentle fall']
+    def desc(name, r): return (f"{name} falls at most {r['steepest fall']:.3f} nats per e-fold" + (
+        f", {r['fall across window']:.3f} nats across {r['window start tokens']/1e6:.1f}M–{r['window end tokens']/1e6:.1f}M "
+        f"tokens ({r.verdict})" if r.verdict != 'none' else " (no window)"))
+    return (f"- **The 1-layer controls.** " + '; '.join(desc(n, r) for n, r in one.iterrows()) + ". Rule 4 alone would give "
+            f"{sum(one.verdict != 'none')} of them a window; rule 5 calls none of them a phase change.\n"
+            f"- **Phase changes** fall {pc['fall across window'].min():.3f}–{pc['fall across window'].max():.3f} nats across "
+            f"their windows (steepest {pc['steepest fall'].min():.2f}–{pc['steepest fall'].max():.2f} nats per e-fold); "
+            f"**gentle falls** {gentle['fall across window'].min():.3f}–{gentle['fall across window'].max():.3f} nats, so "
+            f"the {MIN_DROP}-nat line has a margin of {pc['fall across window'].min() - MIN_DROP:.3f} above and "
+            f"{MIN_DROP - gentle['fall across window'].max():.3f} below on these runs.\n"
+            f"- Every run the rule calls a phase change ({len(pc)} of {len(rule)}) has a head whose prefix-matching score "
+            f"reaches {pc['best prefix matching'].min():.2f} or more; in every other run no head passes "
+            f"{rule[rule.verdict != 'phase change']['best prefix matching'].max():.2f}. The 2-layer runs with positions in "
+            f"the residual stream at context 512 have only a gentle fall and no induction head: the two go together there "
+            f"too.")
 
 # %% ../nbs/04_phase_change.ipynb #27a13826
 def phase_setup(p):

@@ -12,10 +12,10 @@ from .data import BOS, RepeatedSegments, RepeatedTokens
 from .model import Transformer, per_token_loss
 
 # %% auto #0
-__all__ = ['default_icl_indices', 'default_band', 'loss_by_position', 'icl_per_example', 'icl_score', 'icl_score_ci',
-           'token_counts', 'token_pool', 'probe_windows', 'attention_patterns', 'induction_mask', 'previous_token_mask',
-           'score_from_pattern', 'head_scores', 'prefix_matching_scores', 'previous_token_scores', 'copying_scores',
-           'ov_eigen_copying', 'composition_scores', 'classify_heads']
+__all__ = ['default_icl_indices', 'default_band', 'loss_by_position', 'boot_means', 'mean_ci', 'icl_per_example', 'icl_score',
+           'icl_score_ci', 'token_counts', 'token_pool', 'probe_windows', 'attention_patterns', 'induction_mask',
+           'previous_token_mask', 'score_from_pattern', 'head_scores', 'prefix_matching_scores',
+           'previous_token_scores', 'copying_scores', 'ov_eigen_copying', 'composition_scores', 'classify_heads']
 
 # %% ../nbs/03a_scores.ipynb #4724a5e5
 def default_icl_indices(n_ctx: int) -> tuple[int, int]:
@@ -34,6 +34,36 @@ def default_band(n_ctx: int) -> int:
 def loss_by_position(model: Transformer, windows: torch.Tensor, chunk: int=32) -> torch.Tensor:
     "Mean per-token loss at each position, `L(i) = mean_b ℓ(b, i)`, over the windows `[batch, n_ctx+1]`: `[pos]`."
     return per_token_loss(model, windows, chunk=chunk).mean(0)
+
+# %% ../nbs/03a_scores.ipynb #950efa02
+def boot_means(arrays, n_boot: int=1000, seed: int=0, groups=None) -> list[np.ndarray]:
+    """Bootstrap means `[n_boot]` of each array in `arrays` (`[example]` or `[draw, example]`): examples are resampled
+    with the same indices for every array (paired), draws independently per array. With `groups` (one label per
+    example, e.g. the source file of each window) whole groups are resampled instead — a cluster bootstrap — and
+    each replicate is the mean over every example of the groups drawn."""
+    arrays = [np.atleast_2d(np.asarray(a, dtype=float)) for a in arrays]
+    n = arrays[0].shape[1]
+    if any(a.shape[1] != n for a in arrays): raise ValueError(
+        f"boot_means pairs examples, so every array needs the same number of them; got {[a.shape[1] for a in arrays]}")
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        i = rng.integers(0, n, (n_boot, n))
+        return [a[rng.integers(0, len(a), (n_boot, len(a)))[:, :, None], i[:, None, :]].mean((1, 2)) for a in arrays]
+    g = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    if len(g) != n: raise ValueError(f"groups needs one label per example ({n}), got {len(g)}")
+    n_g = int(g.max()) + 1
+    w = np.zeros((n_boot, n_g))
+    np.add.at(w, (np.arange(n_boot)[:, None], rng.integers(0, n_g, (n_boot, n_g))), 1)
+    w = w[:, g]                                                   # [boot, example]: times its group was drawn
+    def per_example(a):                                           # [boot, example]: draws resampled and averaged
+        if len(a) == 1: return a
+        return np.stack([a[d].mean(0) for d in rng.integers(0, len(a), (n_boot, len(a)))])
+    return [(per_example(a) * w).sum(1) / w.sum(1) for a in arrays]
+
+def mean_ci(x, n_boot: int=1000, seed: int=0, ci: float=0.95, groups=None) -> tuple[float, float, float]:
+    "`(mean, lo, hi)` of `x` (`[example]` or `[draw, example]`) with a percentile bootstrap interval (`boot_means`)."
+    lo, hi = np.quantile(boot_means([x], n_boot, seed, groups)[0], [(1 - ci) / 2, (1 + ci) / 2])
+    return float(np.mean(x)), float(lo), float(hi)
 
 # %% ../nbs/03a_scores.ipynb #c97cec93
 def _icl_args(n_pos: int, early, late, band):
@@ -69,15 +99,13 @@ def icl_score(ptl, early: int|None=None, late: int|None=None, band: int|None=Non
     return float(icl_per_example(ptl, early, late, band))
 
 def icl_score_ci(ptl, early: int|None=None, late: int|None=None, band: int|None=None,
-                 n_boot: int=1000, seed: int=0, ci: float=0.95) -> tuple[float, float, float]:
-    "`(score, lo, hi)`: `icl_score` and a percentile bootstrap `ci` interval over examples (rows of `ptl` `[batch, pos]`)."
+                 n_boot: int=1000, seed: int=0, ci: float=0.95, groups=None) -> tuple[float, float, float]:
+    """`(score, lo, hi)`: `icl_score` and a percentile bootstrap `ci` interval (`mean_ci`) over examples (rows of `ptl`
+    `[batch, pos]`), or over whole `groups` of examples (e.g. the source file of each window: a cluster bootstrap)."""
     ptl = _f64(ptl)
     if ptl.dim() != 2 or ptl.shape[0] < 2: raise ValueError(
         f"icl_score_ci needs per-example losses [batch >= 2, pos] to resample; got shape {tuple(ptl.shape)}")
-    d = icl_per_example(ptl, early, late, band).numpy()
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    lo, hi = np.quantile(d[idx].mean(1), [(1 - ci) / 2, (1 + ci) / 2])
-    return float(d.mean()), float(lo), float(hi)
+    return mean_ci(icl_per_example(ptl, early, late, band).cpu().numpy(), n_boot, seed, ci, groups)
 
 # %% ../nbs/03a_scores.ipynb #6c5add9d
 _COUNTS: dict = {}

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from .model import Transformer, per_token_loss
 from .train import atomic_write, load_run, read_safetensors_header, CorruptFileError, resolve_device
-from .scores import (icl_score_ci, token_pool, probe_windows, attention_patterns, prefix_matching_scores,
+from .scores import (icl_score_ci, icl_per_example, token_pool, probe_windows, attention_patterns, prefix_matching_scores,
                                  previous_token_scores, copying_scores, ov_eigen_copying, composition_scores)
 
 # %% auto #0
@@ -41,7 +41,7 @@ def add_measure(name: str, fn: Callable, keys=None):
 # %% ../nbs/03b_sweep.ipynb #c5c59ffd
 MEASURE_PARAMS = dict(n_icl=128, icl_seed=0, pca_per_window=4, early=None, late=None, band=None, n_boot=1000, n_prev=16,
                       n_probe=10, block=25, n_repeats=4, probe_seed=0, min_count=1000, drop=10, n_copy=10, chunk=32)
-MEASURES_VERSION = 3      # bump when a definition or a key changes: it invalidates every cache
+MEASURES_VERSION = 4      # bump when a definition or a key changes: it invalidates every cache
 
 def _params(params: dict) -> dict:
     unknown = set(params) - set(MEASURE_PARAMS)
@@ -58,23 +58,27 @@ def measure_inputs(corpus, n_ctx: int, **params) -> dict:
     pool = token_pool(corpus, p['min_count'], p['drop'] if isinstance(p['drop'], int) else tuple(p['drop']))
     rng = np.random.default_rng([p['icl_seed'], n_ctx, 2])          # the PCA's fixed (window, position) pairs
     pca = (np.repeat(np.arange(len(icl)), p['pca_per_window']), rng.integers(0, n_ctx, len(icl) * p['pca_per_window']))
-    return dict(params=p, icl=icl, prev=icl[:p['n_prev']], pool=pool, pca=pca,
+    sources = corpus.window_sources('val', n_ctx, p['n_icl'], seed=(p['icl_seed'], 1))   # file of each window
+    return dict(params=p, icl=icl, sources=sources, prev=icl[:p['n_prev']], pool=pool, pca=pca,
                 probe=probe_windows(pool, p['n_probe'], p['block'], p['n_repeats'], p['probe_seed']))
 
 # %% ../nbs/03b_sweep.ipynb #e2861625
 def _icl(model, inputs):
-    "ICL score with its bootstrap interval, mean loss, loss by position and the PCA's losses, from one forward pass."
+    """ICL score with its bootstrap interval (resampling source files), each window's ICL score, mean loss, loss by
+    position and the PCA's losses, from one forward pass."""
     p = inputs['params']
     ptl = per_token_loss(model, inputs['icl'], chunk=p['chunk']).cpu()           # [window, pos]; one copy to the host
-    s, lo, hi = icl_score_ci(ptl, p['early'], p['late'], p['band'], n_boot=p['n_boot'])
+    s, lo, hi = icl_score_ci(ptl, p['early'], p['late'], p['band'], n_boot=p['n_boot'], groups=inputs.get('sources'))
     return {'scalar/icl': s, 'scalar/icl_lo': lo, 'scalar/icl_hi': hi, 'scalar/loss': float(ptl.mean()),
+            'array/icl_windows': icl_per_example(ptl, p['early'], p['late'], p['band']).numpy(),
             'array/loss_by_position': ptl.mean(0), 'array/pca_losses': ptl[inputs['pca']]}
 
 def _copying(model, inputs):
     p = inputs['params']
     return copying_scores(model, inputs['pool'], p['n_copy'], min(p['block'], len(inputs['pool'])))
 
-add_measure('icl', _icl, [f'scalar/{k}' for k in ('icl', 'icl_lo', 'icl_hi', 'loss')] + ['array/loss_by_position', 'array/pca_losses'])
+add_measure('icl', _icl, [f'scalar/{k}' for k in ('icl', 'icl_lo', 'icl_hi', 'loss')]
+            + ['array/icl_windows', 'array/loss_by_position', 'array/pca_losses'])
 add_measure('prefix_matching', lambda model, inputs: prefix_matching_scores(model, inputs['probe']))
 add_measure('previous_token', lambda model, inputs: previous_token_scores(model, inputs['prev']))
 add_measure('copying', _copying)

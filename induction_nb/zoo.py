@@ -11,13 +11,14 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from .model import ModelConfig, Transformer
 from .train import RunConfig, Run, train, load_run, preset_for_env, in_test, device_args, execution_kwargs
-from .experiment import (RunTables, run_tables, load_or_compute, runs_dir, shade, tokens_axis, run_color,
+from .experiment import (RunTables, run_tables, load_or_compute, load_results, runs_dir, shade, tokens_axis, run_color,
                                      smoothed_train_loss)
 from .phase import PhaseWindow, phase_window, summarize, fig_pca, pca_speed, pca_trajectories
+from .tables import show_table, fmt, fmt_tokens, fmt_pct
 
 # %% auto #0
 __all__ = ['ZOO', 'zoo_runs', 'run_status', 'train_zoo', 'zoo_table', 'zoo_setup', 'zoo_cmd', 'head_window', 'log_overlap',
-           'has_window', 'fig_zoo', 'zoo_colors', 'cooccurrence_table', 'cooccurrence_text']
+           'has_window', 'fig_zoo', 'zoo_colors', 'cooccurrence_table', 'cooccurrence_text', 'numbers_box']
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #92e758cd
 ZOO: dict[str, tuple[str, tuple[int, ...]]] = {     # name: (preset, seeds)
@@ -128,18 +129,24 @@ def has_window(t: RunTables) -> bool:
 # %% ../nbs/05_arg1_cooccurrence.ipynb #e6b23add
 def fig_zoo(tables: list[RunTables], colors: dict|None=None):
     """Argument 1 as small multiples: one row per run; training loss, ICL score (95% band) and best prefix-matching score
-    on one log axis of tokens, with the run's ICL window shaded (`has_window`) and its head window hatched.
+    on one log axis of tokens, with the run's ICL window shaded (orange: a phase change, grey: a gentle fall, by
+    `RunTables.fall`) and its head window hatched; the window rule runs on every run.
     `colors`: `{run name: colour}` (default: `run_color`)."""
-    fig, axs = plt.subplots(len(tables), 3, figsize=(11, 1.55 * len(tables) + 0.6), sharex=True, squeeze=False)
+    fig, axs = plt.subplots(len(tables), 3, figsize=(8.5, 1.45 * len(tables) + 0.6), sharex=True, squeeze=False)
     for row, t in zip(axs, tables):
-        w, hw = (t.window() if has_window(t) else None), head_window(t)
+        kind, w, _ = t.fall()
+        hw = head_window(t)
         c = (colors or {}).get(t.name, run_color(t))
         row[0].plot(*smoothed_train_loss(t), color=c, lw=1)
         row[1].plot(t.snaps.tokens, t.snaps.icl, color=c, lw=1)
         row[1].fill_between(t.snaps.tokens, t.snaps.icl_lo, t.snaps.icl_hi, color=c, alpha=0.2, lw=0)
+        fin = t.info.get('final_icl')
+        if fin: row[1].errorbar([t.snaps.tokens.iloc[-1] * 1.1], [fin['icl']], yerr=[[fin['icl'] - fin['lo']], [fin['hi'] - fin['icl']]],
+                                fmt='D', ms=3, color=c, capsize=2, lw=1)
         row[2].plot(t.snaps.tokens, t.snaps.prefix_max, color=c, lw=1)
         for ax in row:
-            shade(ax, w)
+            if kind == 'phase change': shade(ax, w)
+            elif w is not None: ax.axvspan(w.start, w.end, color='0.5', alpha=0.15, lw=0)     # a gentle fall
             if hw is not None: ax.axvspan(hw.start, hw.end, fill=False, hatch='///', lw=0, edgecolor='tab:green', alpha=0.5)
             tokens_axis(ax, xlabel=t is tables[-1])
         row[0].set_ylabel(t.name, fontsize=8, rotation=0, ha='right', va='center')
@@ -164,46 +171,97 @@ def zoo_colors(tables: list[RunTables]) -> dict[str, str]:
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #09985608
 def cooccurrence_table(tables: list[RunTables]) -> pd.DataFrame:
-    """Argument 1 as numbers, one row per run: its ICL window, ICL before it and at the end (95% intervals), the share of
-    the final ICL formed inside it, the window where the best head forms (`head_window`), how much of that lies inside
-    the ICL window, and whether the run has an induction-head phase change (a head reaching prefix matching 0.4 in it)."""
+    """Argument 1 as numbers, one row per run: what the window rule finds (`RunTables.fall`: phase change, gentle fall or
+    none, on every run), the window, ICL before it and at the end (95% intervals; the end on the final sample), the share
+    of the final ICL formed inside it, the window where the best head forms (`head_window`), how much of that lies inside
+    the ICL window and how far the head window's start and end lag the ICL window's, and whether the run has an
+    induction-head phase change (a head reaching prefix matching 0.4 inside a phase-change window), with the snapshot
+    where it does."""
     rows = {}
     for t in tables:
-        w = t.window() if has_window(t) else None
+        kind, w, drop = t.fall()
         s, hw = summarize(t, w), head_window(t)
+        x = s['tokens_prefix_0.4']
+        inside = bool(hw is not None and s['final_prefix'] >= 0.4 and kind == 'phase change' and w.start <= x <= w.end)
+        in_win = t.snaps.tokens[w.contains(t.snaps.tokens)] if w is not None else pd.Series(dtype=float)
         rows[t.name] = {'layers': t.n_layers, 'mlp': not t.info['config']['model']['attn_only'],
-                        'smeared': t.info['config']['model']['smeared_key'],
+                        'smeared': t.info['config']['model']['smeared_key'], 'tokens': float(t.snaps.tokens.max()),
+                        'fall': kind, 'fall_nats': drop,
                         'window_start': s.get('window_start', np.nan), 'window_end': s.get('window_end', np.nan),
                         'icl_before': s.get('icl_before', np.nan), 'icl_before_lo': s.get('icl_before_lo', np.nan),
                         'icl_before_hi': s.get('icl_before_hi', np.nan), 'final_icl': s['final_icl'],
-                        'final_icl_lo': s['final_icl_lo'], 'final_icl_hi': s['final_icl_hi'],
-                        'frac_in_window': s.get('frac_in_window', np.nan), 'tokens_prefix_0.4': s['tokens_prefix_0.4'],
+                        'final_icl_lo': s['final_icl_lo'], 'final_icl_hi': s['final_icl_hi'], 'final_ci_by': s['final_ci_by'],
+                        'frac_in_window': s.get('frac_in_window', np.nan), 'tokens_prefix_0.4': x,
                         'final_prefix': s['final_prefix'], 'head_start': hw.start if hw else np.nan,
                         'head_end': hw.end if hw else np.nan, 'head_in_icl_window': log_overlap(w, hw) if hw else np.nan,
-                        'induction_phase_change': bool(hw is not None and s['final_prefix'] >= 0.4 and w is not None
-                                                       and w.start <= s['tokens_prefix_0.4'] <= w.end)}
+                        'head_start_lag': hw.start - w.start if hw and w else np.nan,
+                        'head_end_lag': hw.end - w.end if hw and w else np.nan,
+                        'induction_phase_change': inside,
+                        'crossing_at_last_window_snapshot': bool(inside and len(in_win) and x == in_win.max())}
     return pd.DataFrame(rows).T
 
 # %% ../nbs/05_arg1_cooccurrence.ipynb #41900917
 def cooccurrence_text(co: pd.DataFrame) -> str:
-    "Argument 1 in sentences, from `cooccurrence_table`: the multi-layer runs' overlaps and the 1-layer runs' absence of both."
+    """Argument 1 in sentences, from `cooccurrence_table`: per multi-layer run its ICL window against its head window; the
+    1-layer runs' windows (the rule runs on them too) and heads; and the timing the plain multi-layer runs share."""
     plain = co[~co.smeared.astype(bool)]
     multi, single = plain[plain.layers > 1], plain[plain.layers == 1]
     lines = []
     for name, r in multi.iterrows():
-        if np.isnan(r.window_start): lines.append(f"- **{name}**: no ICL window found.")
-        elif np.isnan(r.head_start): lines.append(f"- **{name}**: ICL window {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens, "
-                                                  "but no head rises to prefix matching 0.2.")
+        if r.fall == 'none': lines.append(f"- **{name}**: no ICL window found.")
+        elif np.isnan(r.head_start): lines.append(f"- **{name}**: ICL window {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens "
+                                                  f"({r.fall}), but no head rises to prefix matching 0.2.")
         else: lines.append(
-            f"- **{name}**: ICL window {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens; the best head forms over "
-            f"{r.head_start/1e6:.1f}M–{r.head_end/1e6:.1f}M, {r.head_in_icl_window:.0%} of it (in ln tokens) inside the ICL window; "
-            f"{r.frac_in_window:.0%} of the final ICL ({r.final_icl:+.3f} nats) forms in the window; best prefix matching "
-            f"{r.final_prefix:.2f} at the end.")
+            f"- **{name}**: ICL window {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens ({r.fall}, the smoothed score falls "
+            f"{r.fall_nats:.3f} nats across it); the best head forms over {r.head_start/1e6:.1f}M–{r.head_end/1e6:.1f}M, "
+            f"{r.head_in_icl_window:.0%} of it (in ln tokens) inside the ICL window; {r.frac_in_window:.0%} of the final ICL "
+            f"({r.final_icl:+.3f} nats, final sample) forms in the window"
+            + (" (over 100%: the smoothed curve dips below its final value inside the window and climbs back after)"
+               if r.frac_in_window > 1 else "") + f"; the best head crosses prefix matching 0.4 at "
+            f"{r['tokens_prefix_0.4']/1e6:.1f}M tokens"
+            + (" — inside the window, but only at its last snapshot" if r.crossing_at_last_window_snapshot else
+               " — inside the window" if r.induction_phase_change else " — outside the window")
+            + f"; best prefix matching {r.final_prefix:.2f} at the end.")
     for name, r in single.iterrows():
-        lines.append(f"- **{name}** (one layer): best prefix matching {r.final_prefix:.2f} at the end, final ICL {r.final_icl:+.3f} nats"
-                     f" [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}]; no head window.")
+        rule = ('no ICL window' if r.fall == 'none' else
+                f"a {r.fall}: {r.fall_nats:.3f} nats across {r.window_start/1e6:.1f}M–{r.window_end/1e6:.1f}M tokens")
+        lines.append(f"- **{name}** (one layer, {r.tokens/1e6:.1f}M tokens): the window rule finds {rule}; best prefix matching "
+                     f"{r.final_prefix:.2f} at the end, final ICL {r.final_icl:+.3f} nats [{r.final_icl_lo:+.3f}, {r.final_icl_hi:+.3f}] "
+                     f"(final sample); no head window.")
+    timed = multi.dropna(subset=['head_start', 'window_start'])
+    later = timed[(timed.head_start_lag > 0) & (timed.head_end_lag > 0)]
     n_ok = int(multi.induction_phase_change.astype(bool).sum())
-    lines.append(f"\n{n_ok} of {len(multi)} multi-layer runs have an induction-head phase change (a head reaching prefix "
-                 f"matching 0.4 inside the ICL window); {int((single.final_prefix < 0.2).sum())} of {len(single)} one-layer runs "
-                 "end with no head above 0.2.")
+    last = multi[multi.crossing_at_last_window_snapshot.astype(bool)].index.tolist()
+    lines.append(f"\nThe ICL window comes first: in {len(later)} of {len(timed)} plain multi-layer runs the head window starts "
+                 f"and ends later than the ICL window, by {later.head_start_lag.min()/1e6:.1f}–{later.head_start_lag.max()/1e6:.1f}M "
+                 f"tokens at the start, and {timed.head_in_icl_window.min():.0%}–{timed.head_in_icl_window.max():.0%} of the head "
+                 f"window lies inside the ICL window. So the two overlap without coinciding: the ICL score starts falling before "
+                 f"the best head's score rises fastest. {n_ok} of {len(multi)} multi-layer runs have a head reach prefix matching 0.4 "
+                 f"inside the ICL window" + (f" ({', '.join(last)} only at the window's last snapshot)" if last else "")
+                 + f"; {int((single.final_prefix < 0.2).sum())} of {len(single)} one-layer runs end with no head above 0.2, and "
+                 f"the rule finds no phase change in {int((single.fall != 'phase change').sum())} of them.")
     return '\n'.join(lines)
+
+# %% ../nbs/05_arg1_cooccurrence.ipynb #36b59844
+def numbers_box(folder) -> str:
+    "The page's result in numbers (a Markdown callout under the lede), from the committed zoo tables in `folder`."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        co = cooccurrence_table(load_results(folder))
+    plain = co[~co.smeared.astype(bool)]
+    multi, single = plain[plain.layers > 1], plain[plain.layers == 1]
+    timed = multi.dropna(subset=['head_start', 'window_start'])
+    later = timed[(timed.head_start_lag > 0) & (timed.head_end_lag > 0)]
+    return (f"> **The result in numbers.** The window rule finds a phase change in "
+            f"{int((multi.fall == 'phase change').sum())} of {len(multi)} plain multi-layer models and in "
+            f"{int((single.fall == 'phase change').sum())} of {len(single)} one-layer ones; "
+            f"{int(multi.induction_phase_change.astype(bool).sum())} of {len(multi)} multi-layer models have a head reach "
+            f"prefix matching 0.4 inside their ICL window, and no one-layer model has a head above "
+            f"{single.final_prefix.astype(float).max():.2f}. The two windows overlap without coinciding: in {len(later)} of "
+            f"{len(timed)} multi-layer models the head window starts and ends later, and "
+            f"{timed.head_in_icl_window.astype(float).min():.0%}–{timed.head_in_icl_window.astype(float).max():.0%} of it lies "
+            f"inside the ICL window. Final ICL (final sample): {fmt(multi.final_icl.astype(float).max(), 3, sign=True)} to "
+            f"{fmt(multi.final_icl.astype(float).min(), 3, sign=True)} nats with two or more layers, "
+            f"{fmt(single.final_icl.astype(float).min(), 3, sign=True)} to {fmt(single.final_icl.astype(float).max(), 3, sign=True)} "
+            f"with one.")
