@@ -10,18 +10,27 @@ def _on_sigterm(signum, frame):
     "SIGTERM as a `KeyboardInterrupt` that remembers its signal: the command ends with one line and status 143."
     e = KeyboardInterrupt(); e.signum = signum; raise e
 
-if (__name__ == '__main__' and '__file__' in globals()) or os.path.basename(sys.argv[0]) == 'induction_nb':
-    signal.signal(signal.SIGTERM, _on_sigterm)        # the program (not an import from Python): from its first second
-try:                                 # torch & co. take seconds to load: a Ctrl-C meanwhile ends quietly, like a later one
+def _quiet_exit(signum):
+    "One line and status 128 + `signum` (130 for Ctrl-C, 143 for SIGTERM)."
+    print('terminated' if signum == signal.SIGTERM else 'interrupted', file=sys.stderr)
+    sys.exit(128 + signum)
+
+_PROGRAM = (__name__ == '__main__' and '__file__' in globals()) or os.path.basename(sys.argv[0]) == 'induction_nb'
+_early: list[int] = []       # a Ctrl-C or SIGTERM that arrived while torch & co. were loading (that takes seconds)
+if _PROGRAM:                 # the program, not an import from Python: from its first second a signal is only noted, since
+    for _s in (signal.SIGINT, signal.SIGTERM):     # an exception raised inside torch's C++ import code aborts the process
+        signal.signal(_s, lambda signum, frame: _early.append(signum))
+try:
     from induction_nb.train import (PRESETS, preset, train, CorruptFileError, RunLockedError, TrainingDiverged,
                                     ConfigMismatchError, device_args, execution_kwargs)
     from induction_nb.phase import phase_setup, phase_change_cmd
     from induction_nb.zoo import zoo_setup, zoo_cmd
     from induction_nb.ablation import ablation_setup, ablation_cmd
-except KeyboardInterrupt as e:
-    signum = getattr(e, 'signum', signal.SIGINT)
-    print('terminated' if signum == signal.SIGTERM else 'interrupted', file=sys.stderr)
-    sys.exit(128 + signum)
+except KeyboardInterrupt as e: _quiet_exit(getattr(e, 'signum', signal.SIGINT))
+if _PROGRAM:                 # loaded: Ctrl-C and SIGTERM interrupt as usual (a run saves its state), or end now if one came
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if _early: _quiet_exit(_early[0])
 
 # %% auto #0
 __all__ = ['POSITIVE', 'NON_NEGATIVE', 'presets_table', 'presets_cmd', 'train_cmd', 'commands', 'check_numbers', 'build_parser',
