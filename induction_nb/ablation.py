@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .model import ModelConfig, Transformer, per_token_loss
 from .train import Run, in_test, preset, device_args, execution_kwargs
 from .scores import icl_per_example, classify_heads
-from .sweep import add_measure, sweep, cached_arrays, measure_inputs, MEASURE_PARAMS
+from .sweep import add_measure, sweep, cached_arrays, measure_inputs, icl_sources, MEASURE_PARAMS
 from .experiment import RunTables, run_tables, load_or_compute_each, shade, tokens_axis, boot_means, mean_ci
 from .zoo import ZOO, has_window, head_window, train_zoo
 from .tables import show_table
@@ -264,7 +264,7 @@ def head_classes(t: RunTables) -> pd.DataFrame:
 
 def window_src(run: Run, n: int) -> np.ndarray:
     "The source file of each of the `n` windows the ablation sweep measures (`measure_inputs`'s ICL windows)."
-    return run.corpus().window_sources('val', run.config.model.n_ctx, n, seed=(MEASURE_PARAMS['icl_seed'], 1))
+    return icl_sources(run.corpus(), run.config.model.n_ctx, n)
 
 def final_ablation(run: Run, induction, n_draws: int=20, n_final: int=1024, device=None) -> dict:
     "`Ablation.final`: the last snapshot's per-head and set ablations on `n_final` windows, with each window's source file."

@@ -13,7 +13,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from .train import Run, load_run, in_test
 from .scores import default_icl_indices, default_band
-from .sweep import sweep, loss_by_position_table, pca_loss_vectors, cached_arrays, MEASURE_PARAMS
+from .sweep import sweep, loss_by_position_table, pca_loss_vectors, cached_arrays, icl_sources
 
 # %% auto #0
 __all__ = ['TABLE_MEASURES', 'WINDOW_STYLE', 'RunTables', 'load_results', 'run_tables', 'runs_dir', 'load_or_compute',
@@ -84,7 +84,7 @@ def run_tables(run: Run|str|Path, name: str|None=None, n_icl: int=256, n_icl_fin
     ptl = pca_loss_vectors(run, progress=False, device=device, n_icl=n_icl)
     n_icl_final = n_icl if in_test() else n_icl_final        # the synthetic task's ICL score means nothing
     fin = sweep(run, measures='icl', steps=run.steps[-1:], progress=False, device=device, n_icl=n_icl_final).set_index('measure').value
-    src = lambda n: run.corpus().window_sources('val', run.config.model.n_ctx, n, seed=(MEASURE_PARAMS['icl_seed'], 1))
+    src = lambda n: icl_sources(run.corpus(), run.config.model.n_ctx, n)
     windows = dict(curve=cached_arrays(run, 'array/icl_windows', progress=False, device=device, n_icl=n_icl), curve_src=src(n_icl),
                    final=cached_arrays(run, 'array/icl_windows', steps=run.steps[-1:], progress=False, device=device,
                                        n_icl=n_icl_final)[0],

@@ -18,8 +18,8 @@ from .scores import (icl_score_ci, icl_per_example, token_pool, probe_windows, a
                                  previous_token_scores, copying_scores, ov_eigen_copying, composition_scores)
 
 # %% auto #0
-__all__ = ['MEASURES', 'MEASURE_PARAMS', 'MEASURES_VERSION', 'Measure', 'add_measure', 'measure_inputs', 'measure_snapshot',
-           'snapshot_key', 'sweep', 'cached_arrays', 'loss_by_position_table', 'pca_loss_vectors']
+__all__ = ['MEASURES', 'MEASURE_PARAMS', 'MEASURES_VERSION', 'Measure', 'add_measure', 'icl_sources', 'measure_inputs',
+           'measure_snapshot', 'snapshot_key', 'sweep', 'cached_arrays', 'loss_by_position_table', 'pca_loss_vectors']
 
 # %% ../nbs/03b_sweep.ipynb #0edeabd1
 @dataclass(frozen=True)
@@ -50,6 +50,13 @@ def _params(params: dict) -> dict:
     if p['drop'] is not None and not isinstance(p['drop'], int): p['drop'] = list(p['drop'])
     return p
 
+# %% ../nbs/03b_sweep.ipynb #1c5f0a7e
+def icl_sources(corpus, n_ctx: int, n: int, icl_seed: int|None=None) -> np.ndarray:
+    """The source file of each of the first `n` ICL windows that `measure_inputs` draws (same split and seed), so an
+    interval can resample whole files: windows cut from one file are correlated."""
+    seed = MEASURE_PARAMS['icl_seed'] if icl_seed is None else icl_seed
+    return corpus.window_sources('val', n_ctx, n, seed=(seed, 1))
+
 # %% ../nbs/03b_sweep.ipynb #d55deccb
 def measure_inputs(corpus, n_ctx: int, **params) -> dict:
     "The fixed inputs of every measure: ICL/validation windows, previous-token windows, probe and token pool."
@@ -58,7 +65,7 @@ def measure_inputs(corpus, n_ctx: int, **params) -> dict:
     pool = token_pool(corpus, p['min_count'], p['drop'] if isinstance(p['drop'], int) else tuple(p['drop']))
     rng = np.random.default_rng([p['icl_seed'], n_ctx, 2])          # the PCA's fixed (window, position) pairs
     pca = (np.repeat(np.arange(len(icl)), p['pca_per_window']), rng.integers(0, n_ctx, len(icl) * p['pca_per_window']))
-    sources = corpus.window_sources('val', n_ctx, p['n_icl'], seed=(p['icl_seed'], 1))   # file of each window
+    sources = icl_sources(corpus, n_ctx, p['n_icl'], p['icl_seed'])     # file of each window
     return dict(params=p, icl=icl, sources=sources, prev=icl[:p['n_prev']], pool=pool, pca=pca,
                 probe=probe_windows(pool, p['n_probe'], p['block'], p['n_repeats'], p['probe_seed']))
 
