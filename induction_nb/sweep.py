@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from .model import Transformer, per_token_loss
-from .train import atomic_write, load_run, read_safetensors_header, CorruptFileError, resolve_device
+from .store import atomic_write, load_run, read_safetensors_header, CorruptFileError
+from .device import resolve_device
 from .scores import (icl_score_ci, icl_per_example, token_pool, probe_windows, attention_patterns, prefix_matching_scores,
                                  previous_token_scores, copying_scores, ov_eigen_copying, composition_scores)
 
