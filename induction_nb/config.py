@@ -83,11 +83,13 @@ class RunConfig:
                else "Raise model.d_vocab or lower corpus.d_vocab."))
     def to_dict(self) -> dict:
         "Plain JSON types (tuples become lists), so a config equals its own JSON round trip."
-        train = {k: v for k, v in asdict(self.train).items() if k != 'extended_from' or v}   # written only for an extended run
+        # written only for an extended run
+        train = {k: v for k, v in asdict(self.train).items() if k != 'extended_from' or v}
         return json.loads(json.dumps({'model': self.model.to_dict(), 'train': train, 'corpus': self.corpus.to_dict()}))
     @classmethod
     def from_dict(cls, d: dict) -> 'RunConfig':
-        "From `to_dict`'s output; a field it lacks (written by an older version) takes its default, an unknown one is an error."
+        """From `to_dict`'s output; a field it lacks (written by an older version) takes its default, an unknown one is
+        an error."""
         if not isinstance(d, dict): raise ValueError(f"A RunConfig must be a JSON object, got {type(d).__name__}")
         for s in ('model', 'train', 'corpus'):
             if not isinstance(d.get(s, {}), dict): raise ValueError(f"RunConfig section {s!r} must be a JSON object, "
@@ -117,11 +119,13 @@ _WIDE_TRAIN = dict(steps=3000, batch_size=32, lr=1e-3, warmup_steps=100, **_SNAP
 PRESETS: dict[str, RunConfig] = {
     # the paper's setting: context 512, Shortformer positions
     'stdlib-2l':          RunConfig(ModelConfig(n_layers=2, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
-    'stdlib-1l':          RunConfig(ModelConfig(n_layers=1, **_PAPER), TrainConfig(steps=1000, snapshots_log=20, snapshots_lin=20)),  # a control: short, so the main job fits in 15 min
+    # a control: short, so the main job fits in 15 min
+    'stdlib-1l':          RunConfig(ModelConfig(n_layers=1, **_PAPER), TrainConfig(steps=1000, snapshots_log=20, snapshots_lin=20)),
     'stdlib-3l':          RunConfig(ModelConfig(n_layers=3, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
     'stdlib-1l-mlp':      RunConfig(ModelConfig(n_layers=1, attn_only=False, **_PAPER), TrainConfig(steps=1000, snapshots_log=20, snapshots_lin=20)),
     'stdlib-2l-mlp':      RunConfig(ModelConfig(n_layers=2, attn_only=False, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
-    'stdlib-3l-mlp':      RunConfig(ModelConfig(n_layers=3, attn_only=False, **_PAPER), TrainConfig(steps=2000, **_SNAPS)),  # the zoo's budget (bench/bench_zoo.py)
+    # the zoo's budget (bench/bench_zoo.py)
+    'stdlib-3l-mlp':      RunConfig(ModelConfig(n_layers=3, attn_only=False, **_PAPER), TrainConfig(steps=2000, **_SNAPS)),
     'stdlib-1l-smeared':  RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_PAPER), TrainConfig(steps=1000, **_SNAPS)),
     'stdlib-2l-smeared':  RunConfig(ModelConfig(n_layers=2, smeared_key=True, **_PAPER), TrainConfig(steps=1000, **_SNAPS)),
     # positions in the residual stream (the earlier defaults; their results are committed under these names)
@@ -155,7 +159,8 @@ def in_test() -> bool:
 
 # %% ../nbs/01a_config.ipynb #0ac6c478
 def preset_for_env(name: str, **sections) -> RunConfig:
-    "`preset(name)`, except under test, where a real-text preset becomes its synthetic stand-in (same layers and variant)."
+    """`preset(name)`, except under test, where a real-text preset becomes its synthetic stand-in (same layers and
+    variant)."""
     if in_test() and not name.startswith('synthetic'):
         cfg = preset(name)
         syn = preset('synthetic-2l')

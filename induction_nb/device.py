@@ -16,8 +16,9 @@ PRECISIONS = ('fp32', 'bf16')
 
 # %% ../nbs/01b_device.ipynb #09fc49a2
 def resolve_device(device: str|torch.device|None=None) -> torch.device:
-    """The `torch.device` to run on. `'auto'`: CUDA if present, else the CPU; `None`: `$INDUCTION_NB_DEVICE` if set, else
-    the CPU; `'cpu'`, `'cuda'`, `'cuda:N'` and `'mps'` are checked to exist (a clear error says what to use instead)."""
+    """The `torch.device` to run on. `'auto'`: CUDA if present, else the CPU; `None`: `$INDUCTION_NB_DEVICE` if set,
+    else the CPU; `'cpu'`, `'cuda'`, `'cuda:N'` and `'mps'` are checked to exist (a clear error says what to use
+    instead)."""
     if device is None: device = os.environ.get('INDUCTION_NB_DEVICE') or 'cpu'
     if isinstance(device, str) and device.strip().lower() == 'auto':
         return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')

@@ -60,7 +60,8 @@ def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 def _sorted_header(buf: bytes) -> bytes:
-    "safetensors bytes with the header's keys sorted: the library writes its metadata in hash order, which varies by process."
+    """safetensors bytes with the header's keys sorted: the library writes its metadata in hash order, which varies by
+    process."""
     n = int.from_bytes(buf[:8], 'little')
     head = json.dumps(json.loads(buf[8:8 + n]), sort_keys=True, separators=(',', ':')).encode()
     head += b' ' * (-len(head) % 8)                  # the format pads the header to 8 bytes; offsets count from its end
@@ -79,7 +80,8 @@ _FIX = ("Delete it and re-run the training command for its run directory, which 
         "training from step 0 with the same batches; a deleted state.safetensors restarts the run), or restore it from a copy.")
 
 def _parse_header(f, size: int, path) -> dict:
-    "The JSON header of the safetensors file open as `f` (`size` bytes): an 8-byte little-endian length, then that much JSON."
+    """The JSON header of the safetensors file open as `f` (`size` bytes): an 8-byte little-endian length, then that
+    much JSON."""
     head, header = f.read(8), None
     n = int.from_bytes(head, 'little')
     if len(head) < 8: why = f"it is {size} bytes long, too short to hold the 8-byte header length"
@@ -93,15 +95,17 @@ def _parse_header(f, size: int, path) -> dict:
 
 # %% ../nbs/01c_store.ipynb #3f6226e7
 def read_safetensors_header(path) -> dict:
-    """The JSON header of the safetensors file at `path` (each tensor's dtype, shape and offsets, plus `__metadata__`), read
-    without reading the tensors; raises `CorruptFileError` naming the file if the header is truncated or not valid."""
+    """The JSON header of the safetensors file at `path` (each tensor's dtype, shape and offsets, plus `__metadata__`),
+    read without reading the tensors; raises `CorruptFileError` naming the file if the header is truncated or not
+    valid."""
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path} does not exist")
     with open(path, 'rb') as f: return _parse_header(f, os.fstat(f.fileno()).st_size, path)
 
 # %% ../nbs/01c_store.ipynb #91bee001
 def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict]:
-    "`(tensors, meta)` from a file written by `save_tensors`; raises `CorruptFileError` naming the file if it is damaged."
+    """`(tensors, meta)` from a file written by `save_tensors`; raises `CorruptFileError` naming the file if it is
+    damaged."""
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path} does not exist")
     data = path.read_bytes()            # one read: the header and the tensors come from the same version of the file
@@ -117,9 +121,9 @@ def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict]:
 
 # %% ../nbs/01c_store.ipynb #0104a1bf
 def load_snapshot(path, device=None) -> Transformer:
-    """The model the snapshot file `path` holds, in eval mode, rebuilt from that file alone: `train` stores the run's config
-    in each snapshot's metadata (`meta['config']`, a `RunConfig` dict; a `ModelConfig` dict is accepted too). Snapshots are
-    saved from the CPU, so any of them loads on any `device` (`resolve_device`; default the CPU)."""
+    """The model the snapshot file `path` holds, in eval mode, rebuilt from that file alone: `train` stores the run's
+    config in each snapshot's metadata (`meta['config']`, a `RunConfig` dict; a `ModelConfig` dict is accepted too).
+    Snapshots are saved from the CPU, so any of them loads on any `device` (`resolve_device`; default the CPU)."""
     tensors, meta = load_tensors(path)
     cfg = meta.get('config')
     if not isinstance(cfg, dict): raise ValueError(
@@ -164,7 +168,8 @@ class Run:
         return step * self.config.train.batch_size * self.config.model.n_ctx
 
     def load(self, step: int|None=None, device=None) -> Transformer:
-        "The model at snapshot `step` (default: the latest), in eval mode, on `device`; the model config stored in it must be the run's."
+        """The model at snapshot `step` (default: the latest), in eval mode, on `device`; the model config stored in it
+        must be the run's."""
         steps = self.steps
         if not steps: raise FileNotFoundError(f"{self.path} has no snapshots yet.")
         if step is None: step = steps[-1]
@@ -188,7 +193,8 @@ class Run:
         return pd.DataFrame(_read_metrics(self.path/'metrics.jsonl'))
 
     def corpus(self):
-        "The run's corpus, rebuilt from its spec; warns if it is not the data the run was trained on (checksum differs)."
+        """The run's corpus, rebuilt from its spec; warns if it is not the data the run was trained on (checksum
+        differs)."""
         corpus = make_corpus(self.config.corpus)
         old = self.info.get('corpus_description')
         if old and _corpus_changed(old, corpus.describe()): warnings.warn(
@@ -292,13 +298,14 @@ def _own_tmp(run_dir: Path) -> list[Path]:
             *(run_dir/'snapshots').glob('step_*.safetensors.*.tmp')]
 
 def _cache_files(run_dir: Path) -> list[Path]:
-    "The measures cache `sweep` keeps beside a run: `measures/<kind>-<hash>/` holding `params.json`, `step_*.npz`, temp files."
+    """The measures cache `sweep` keeps beside a run: `measures/<kind>-<hash>/` holding `params.json`, `step_*.npz`,
+    temp files."""
     return [f for d in (run_dir/'measures').glob('*-*') if d.is_dir()
             for pat in ('params.json', 'step_*.npz', '*.tmp') for f in d.glob(pat)]
 
 def _remove_run(run_dir: Path):
-    """`--overwrite`: delete what `train` wrote in `run_dir` (metrics, state, snapshots, the measures cache of its weights;
-    config.json last, so an interrupted overwrite still leaves a run directory), nothing else."""
+    """`--overwrite`: delete what `train` wrote in `run_dir` (metrics, state, snapshots, the measures cache of its
+    weights; config.json last, so an interrupted overwrite still leaves a run directory), nothing else."""
     for p in [*(run_dir/n for n in _OWN[1:]), *(run_dir/'snapshots').glob('step_*.safetensors'), *_own_tmp(run_dir),
               *_cache_files(run_dir)]:
         p.unlink(missing_ok=True)
@@ -307,7 +314,8 @@ def _remove_run(run_dir: Path):
     (run_dir/'config.json').unlink(missing_ok=True)
 
 def _foreign(run_dir: Path) -> list[str]:
-    "What a folder without config.json holds that `train` does not write before config.json (its lock, temp files, snapshots/)."
+    """What a folder without config.json holds that `train` does not write before config.json (its lock, temp files,
+    snapshots/)."""
     ours = {run_dir/'.lock', run_dir/'snapshots', *_own_tmp(run_dir)}
     snaps = sorted((run_dir/'snapshots').iterdir()) if (run_dir/'snapshots').is_dir() else []
     return ([p.name + '/' * p.is_dir() for p in sorted(run_dir.iterdir()) if p not in ours or p.is_file() and p.name == 'snapshots']
@@ -340,8 +348,8 @@ def _unlock(fd):
 
 # %% ../nbs/01c_store.ipynb #d18ad197
 def _length_change(old: dict, new: dict) -> str|None:
-    """How a requested config `new` relates to the stored `old` when they differ only in length: 'same' (an extended run,
-    asked for by its plain config: the same weights at every step), 'longer' (it can be extended), else None."""
+    """How a requested config `new` relates to the stored `old` when they differ only in length: 'same' (an extended
+    run, asked for by its plain config: the same weights at every step), 'longer' (it can be extended), else None."""
     strip = lambda d: {**d, 'train': {k: v for k, v in d['train'].items() if k not in ('steps', 'extended_from')}}
     if strip(old) != strip(new) or new['train'].get('extended_from'): return None
     a, b = old['train']['steps'], new['train']['steps']
@@ -355,12 +363,13 @@ def _load_state_step(path) -> int|None:
 # %% ../nbs/01c_store.ipynb #ad56d2c2
 def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_corpus_change: bool=False,
                  extend: bool=False) -> tuple[bool, RunConfig]:
-    """Check or create `run_dir` (the caller holds its lock); return whether there is state to resume from, and the run's
-    config (the stored one for an extended run; with `extend`, the stored one continued to `cfg.train.steps`)."""
+    """Check or create `run_dir` (the caller holds its lock); return whether there is state to resume from, and the
+    run's config (the stored one for an extended run; with `extend`, the stored one continued to `cfg.train.steps`)."""
     cfg_path, new = run_dir/'config.json', cfg.to_dict()
     longer = None
     if cfg_path.exists():
-        info = _read_info(run_dir)                       # refuses a config.json that is not a run's, even with overwrite
+        # refuses a config.json that is not a run's, even with overwrite
+        info = _read_info(run_dir)
         stored = _resolve_paths(_stored_config(info, cfg_path))    # missing fields: their defaults
         old = stored.to_dict()
         change = _length_change(old, new) if old != new else None
