@@ -45,12 +45,14 @@ class TrainConfig:
                 bad(f, f"must be a finite number, got {v!r}")
         if not self.lr > 0: bad('lr', f"must be > 0, got {self.lr}")
         if self.weight_decay < 0: bad('weight_decay', f"must be >= 0, got {self.weight_decay}")
-        if self.grad_clip is not None and self.grad_clip <= 0: bad('grad_clip', f"must be > 0 or None, got {self.grad_clip}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            bad('grad_clip', f"must be > 0 or None, got {self.grad_clip}")
         b = tuple(self.betas)
-        if len(b) != 2 or not all(0 <= x < 1 for x in b): bad('betas', f"must be two numbers in [0, 1), got {self.betas}")
+        if len(b) != 2 or not all(0 <= x < 1 for x in b):
+            bad('betas', f"must be two numbers in [0, 1), got {self.betas}")
         object.__setattr__(self, 'betas', b)
-        if self.checkpoint_every % self.log_every: bad('checkpoint_every', f"must be a multiple of log_every={self.log_every}, "
-                                                       f"got {self.checkpoint_every}")
+        if self.checkpoint_every % self.log_every:
+            bad('checkpoint_every', f"must be a multiple of log_every={self.log_every}, got {self.checkpoint_every}")
         ext = tuple(self.extended_from)
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in ext) or list(ext) != sorted(set(ext)) or \
            (ext and not 1 <= ext[0] <= ext[-1] < self.steps):
@@ -64,7 +66,8 @@ class TrainConfig:
         """The steps (optimizer updates done) at which weights are saved; always includes 0 and `steps`. An extended run
         keeps each earlier length's snapshots and adds those of the longer schedule past it."""
         ends = [*self.extended_from, self.steps]
-        return sorted(self._schedule(ends[0]).union(*({s for s in self._schedule(b) if s > a} for a, b in zip(ends, ends[1:]))))
+        later = ({s for s in self._schedule(b) if s > a} for a, b in zip(ends, ends[1:]))
+        return sorted(self._schedule(ends[0]).union(*later))
     @classmethod
     def from_dict(cls, d: dict) -> 'TrainConfig': return from_dict(cls, d)
 
@@ -79,8 +82,8 @@ class RunConfig:
         need = self.corpus.d_vocab if self.corpus.kind == 'synthetic' else 256
         if self.model.d_vocab < need: raise ValueError(
             f"RunConfig: the corpus ({self.corpus.kind}) has {need} token ids but model.d_vocab={self.model.d_vocab}. "
-            + ("Text corpora are bytes: use a model with d_vocab=256 (e.g. a stdlib-* preset)." if self.corpus.kind != 'synthetic'
-               else "Raise model.d_vocab or lower corpus.d_vocab."))
+            + ("Text corpora are bytes: use a model with d_vocab=256 (e.g. a stdlib-* preset)."
+               if self.corpus.kind != 'synthetic' else "Raise model.d_vocab or lower corpus.d_vocab."))
     def to_dict(self) -> dict:
         "Plain JSON types (tuples become lists), so a config equals its own JSON round trip."
         # written only for an extended run
@@ -107,6 +110,7 @@ class RunConfig:
 _PAPER = dict(d_model=128, n_heads=4, n_ctx=512, positional='shortformer')
 _STD = dict(d_model=128, n_heads=4, n_ctx=256)
 _SNAPS = dict(snapshots_log=30, snapshots_lin=30)
+_SNAPS20 = dict(snapshots_log=20, snapshots_lin=20)
 _SYN_MODEL = dict(d_model=64, n_heads=4, n_ctx=128, d_vocab=128)
 _SYN_TRAIN = dict(steps=1000, batch_size=16, lr=1e-3, warmup_steps=50, checkpoint_every=100, val_windows=32,
                   snapshots_log=15, snapshots_lin=20)
@@ -120,14 +124,19 @@ PRESETS: dict[str, RunConfig] = {
     # the paper's setting: context 512, Shortformer positions
     'stdlib-2l':          RunConfig(ModelConfig(n_layers=2, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
     # a control: short, so the main job fits in 15 min
-    'stdlib-1l':          RunConfig(ModelConfig(n_layers=1, **_PAPER), TrainConfig(steps=1000, snapshots_log=20, snapshots_lin=20)),
+    'stdlib-1l':          RunConfig(ModelConfig(n_layers=1, **_PAPER), TrainConfig(steps=1000, **_SNAPS20)),
     'stdlib-3l':          RunConfig(ModelConfig(n_layers=3, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
-    'stdlib-1l-mlp':      RunConfig(ModelConfig(n_layers=1, attn_only=False, **_PAPER), TrainConfig(steps=1000, snapshots_log=20, snapshots_lin=20)),
-    'stdlib-2l-mlp':      RunConfig(ModelConfig(n_layers=2, attn_only=False, **_PAPER), TrainConfig(steps=3000, **_SNAPS)),
+    'stdlib-1l-mlp':      RunConfig(ModelConfig(n_layers=1, attn_only=False, **_PAPER),
+                                    TrainConfig(steps=1000, **_SNAPS20)),
+    'stdlib-2l-mlp':      RunConfig(ModelConfig(n_layers=2, attn_only=False, **_PAPER),
+                                    TrainConfig(steps=3000, **_SNAPS)),
     # the zoo's budget (bench/bench_zoo.py)
-    'stdlib-3l-mlp':      RunConfig(ModelConfig(n_layers=3, attn_only=False, **_PAPER), TrainConfig(steps=2000, **_SNAPS)),
-    'stdlib-1l-smeared':  RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_PAPER), TrainConfig(steps=1000, **_SNAPS)),
-    'stdlib-2l-smeared':  RunConfig(ModelConfig(n_layers=2, smeared_key=True, **_PAPER), TrainConfig(steps=1000, **_SNAPS)),
+    'stdlib-3l-mlp':      RunConfig(ModelConfig(n_layers=3, attn_only=False, **_PAPER),
+                                    TrainConfig(steps=2000, **_SNAPS)),
+    'stdlib-1l-smeared':  RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_PAPER),
+                                    TrainConfig(steps=1000, **_SNAPS)),
+    'stdlib-2l-smeared':  RunConfig(ModelConfig(n_layers=2, smeared_key=True, **_PAPER),
+                                    TrainConfig(steps=1000, **_SNAPS)),
     # positions in the residual stream (the earlier defaults; their results are committed under these names)
     'ctx512-resid-2l':    RunConfig(ModelConfig(n_layers=2, **_STD | dict(n_ctx=512)), TrainConfig(steps=4000)),
     'ctx512-resid-1l':    RunConfig(ModelConfig(n_layers=1, **_STD | dict(n_ctx=512)), TrainConfig(steps=3000)),
@@ -143,7 +152,8 @@ PRESETS: dict[str, RunConfig] = {
     'paper-3l':           RunConfig(ModelConfig(n_layers=3, **_WIDE), TrainConfig(**_WIDE_TRAIN)),
     'synthetic-2l':       RunConfig(ModelConfig(n_layers=2, **_SYN_MODEL), TrainConfig(**_SYN_TRAIN), _SYN_CORPUS),
     'synthetic-1l':       RunConfig(ModelConfig(n_layers=1, **_SYN_MODEL), TrainConfig(**_SYN_TRAIN), _SYN_CORPUS),
-    'synthetic-1l-smeared': RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_SYN_MODEL), TrainConfig(**_SYN_TRAIN), _SYN_CORPUS),
+    'synthetic-1l-smeared': RunConfig(ModelConfig(n_layers=1, smeared_key=True, **_SYN_MODEL),
+                                      TrainConfig(**_SYN_TRAIN), _SYN_CORPUS),
 }
 
 # %% ../nbs/01a_config.ipynb #1cd35335
@@ -164,7 +174,9 @@ def preset_for_env(name: str, **sections) -> RunConfig:
     if in_test() and not name.startswith('synthetic'):
         cfg = preset(name)
         syn = preset('synthetic-2l')
-        # positions stay the synthetic preset's: on repeated random segments a Shortformer model forms no head in 1,000 steps
-        model = replace(syn.model, n_layers=cfg.model.n_layers, attn_only=cfg.model.attn_only, smeared_key=cfg.model.smeared_key)
+        # positions stay the synthetic preset's: on repeated random segments a Shortformer model forms no head in
+        # 1,000 steps
+        m = cfg.model
+        model = replace(syn.model, n_layers=m.n_layers, attn_only=m.attn_only, smeared_key=m.smeared_key)
         return RunConfig(model, syn.train, syn.corpus).replace(**sections)
     return preset(name, **sections)

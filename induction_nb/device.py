@@ -28,7 +28,8 @@ def resolve_device(device: str|torch.device|None=None) -> torch.device:
         raise ValueError(f"Unknown device {device!r} (CLI: --device); use auto, cpu, cuda, cuda:N or mps.")
     if dev.type == 'cuda':
         if not torch.cuda.is_available(): raise ValueError(
-            f"device {device!r}: no CUDA GPU is visible to this torch ({torch.__version__}); use --device cpu (or auto).")
+            f"device {device!r}: no CUDA GPU is visible to this torch ({torch.__version__}); use --device cpu "
+            "(or auto).")
         n = torch.cuda.device_count()
         if dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
         elif dev.index >= n: raise ValueError(f"device {device!r}: this machine has {n} CUDA GPU(s), numbered 0-{n-1}.")
@@ -59,8 +60,10 @@ class _Execution:
 
 def _execution(device, precision, compile) -> _Execution:
     "Check and resolve `train`'s execution options; under torchrun on CUDA each rank takes the GPU `LOCAL_RANK`."
-    if precision not in PRECISIONS: raise ValueError(f"precision (CLI: --precision) must be one of {PRECISIONS}, got {precision!r}")
-    if not isinstance(compile, bool): raise ValueError(f"compile (CLI: --compile) must be True or False, got {compile!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision (CLI: --precision) must be one of {PRECISIONS}, got {precision!r}")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile (CLI: --compile) must be True or False, got {compile!r}")
     dev = resolve_device(device)
     if dev.type == 'cuda' and int(os.environ.get('WORLD_SIZE', '1')) > 1:
         dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
@@ -76,31 +79,34 @@ def _backend(device) -> str:
 def _compiled(model, fwd):
     "`torch.compile(fwd)`, refused when hook points of `model` are in use (compiled code would not call them)."
     used = [n for n, h in model.hook_dict.items() if h.active]
-    if used: raise ValueError(f"compile=True (CLI: --compile) with hooks attached ({used[:3]}): compiled code would skip "
-                              "them. Remove the hooks or train without --compile.")
+    if used: raise ValueError(f"compile=True (CLI: --compile) with hooks attached ({used[:3]}): compiled code would "
+                              "skip them. Remove the hooks or train without --compile.")
     return torch.compile(fwd)
 
 # %% ../nbs/01b_device.ipynb #04cf6823
 def device_args(p, training: bool=True):
     "Add `--device` (and, for a command that trains, `--precision` and `--compile`) to the argparse parser `p`."
     p.add_argument('--device', default='auto', metavar='DEV',
-                   help="Where to train and measure: auto (the default: CUDA if present, else the CPU), cpu, cuda, cuda:N or mps.")
+                   help="Where to train and measure: auto (the default: CUDA if present, else the CPU), cpu, cuda, "
+                        "cuda:N or mps.")
     if training:
         p.add_argument('--precision', default='fp32', choices=PRECISIONS,
                        help="fp32 (default) or bf16 autocast for training; losses, validation and measures stay fp32.")
         p.add_argument('--compile', action='store_true',
-                       help="torch.compile the training forward (off by default; measures never compile, they use hooks).")
+                       help="torch.compile the training forward (off by default; measures never compile, they use "
+                            "hooks).")
 
 # %% ../nbs/01b_device.ipynb #9dd6e58c
 def device_from_args(args) -> torch.device:
     "Resolve `args.device` and print which device it is (on rank 0 only, under torchrun), as a command's first line."
     dev = resolve_device(args.device)
     if int(os.environ.get('RANK', '0')) == 0:
-        print(f"device: {describe_device(dev)}" + (" (auto: CUDA if present, else the CPU)" if args.device == 'auto' else ''),
-              flush=True)
+        auto = " (auto: CUDA if present, else the CPU)" if args.device == 'auto' else ''
+        print(f"device: {describe_device(dev)}" + auto, flush=True)
     return dev
 
 # %% ../nbs/01b_device.ipynb #cf51feae
 def execution_kwargs(args) -> dict:
     "`device`, `precision`, `compile` from a command's parsed arguments, for `train` and the functions that call it."
-    return dict(device=device_from_args(args), precision=getattr(args, 'precision', 'fp32'), compile=getattr(args, 'compile', False))
+    return dict(device=device_from_args(args), precision=getattr(args, 'precision', 'fp32'),
+                compile=getattr(args, 'compile', False))

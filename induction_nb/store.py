@@ -77,7 +77,8 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict|None=None):
 
 # %% ../nbs/01c_store.ipynb #b699fedf
 _FIX = ("Delete it and re-run the training command for its run directory, which rewrites it (a snapshot by replaying "
-        "training from step 0 with the same batches; a deleted state.safetensors restarts the run), or restore it from a copy.")
+        "training from step 0 with the same batches; a deleted state.safetensors restarts the run), or restore it from "
+        "a copy.")
 
 def _parse_header(f, size: int, path) -> dict:
     """The JSON header of the safetensors file open as `f` (`size` bytes): an 8-byte little-endian length, then that
@@ -117,7 +118,8 @@ def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict]:
     if meta.get('sha256') != _tensors_sha256(tensors):
         raise CorruptFileError(f"{path} is corrupted: its tensors do not match the checksum stored in it. {_FIX}")
     try: return tensors, json.loads(meta.get('meta', '{}'))
-    except json.JSONDecodeError: raise CorruptFileError(f"{path} is corrupted: its metadata is not valid JSON. {_FIX}") from None
+    except json.JSONDecodeError:
+        raise CorruptFileError(f"{path} is corrupted: its metadata is not valid JSON. {_FIX}") from None
 
 # %% ../nbs/01c_store.ipynb #0104a1bf
 def load_snapshot(path, device=None) -> Transformer:
@@ -127,13 +129,14 @@ def load_snapshot(path, device=None) -> Transformer:
     tensors, meta = load_tensors(path)
     cfg = meta.get('config')
     if not isinstance(cfg, dict): raise ValueError(
-        f"{path} stores no model config in its metadata, so the model cannot be rebuilt from the file alone (it was not "
-        "written by `train`). Build `Transformer(config)` with the config it was trained with and load the weights with "
-        "`model.load_state_dict(load_tensors(path)[0])`; to make such a file self-contained, save it with "
+        f"{path} stores no model config in its metadata, so the model cannot be rebuilt from the file alone (it was "
+        "not written by `train`). Build `Transformer(config)` with the config it was trained with and load the weights "
+        "with `model.load_state_dict(load_tensors(path)[0])`; to make such a file self-contained, save it with "
         "`save_tensors(path, model.state_dict(), meta={'config': model.cfg.to_dict()})`.")
     try: model_cfg = ModelConfig.from_dict(cfg['model'] if 'model' in cfg else cfg)
     except (ValueError, TypeError) as e: raise ValueError(
-        f"{path}: the model config stored in it cannot be read by induction_nb {induction_nb.__version__}: {e}") from None
+        f"{path}: the model config stored in it cannot be read by induction_nb {induction_nb.__version__}: {e}"
+        ) from None
     model = Transformer(model_cfg)
     try: model.load_state_dict(tensors)
     except RuntimeError as e: raise CorruptFileError(
@@ -148,7 +151,8 @@ class Run:
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_dir(): raise FileNotFoundError(
-            f"Run directory {str(self.path)!r} does not exist. Train one first: induction_nb train --preset stdlib-2l --out {self.path}")
+            f"Run directory {str(self.path)!r} does not exist. Train one first: "
+            f"induction_nb train --preset stdlib-2l --out {self.path}")
         if not (self.path/'config.json').is_file(): raise FileNotFoundError(
             f"{self.path} has no config.json, so it is not a run directory (or its training never started).")
         self.info = _read_info(self.path)
@@ -180,9 +184,10 @@ class Run:
         if model.cfg != self.config.model:
             diff = ', '.join(f"{k}={v!r} in the snapshot, {ours[k]!r} in config.json"
                              for k, v in model.cfg.to_dict().items() if v != ours[k])
-            raise ValueError(f"{path} holds a model whose config differs from the run's ({self.path/'config.json'}): {diff}. "
-                             "It does not belong to this run: move it back to the run directory it came from, or delete it "
-                             "and re-run the training command for this directory, which rebuilds it.")
+            raise ValueError(
+                f"{path} holds a model whose config differs from the run's ({self.path/'config.json'}): {diff}. It "
+                "does not belong to this run: move it back to the run directory it came from, or delete it and re-run "
+                "the training command for this directory, which rebuilds it.")
         return model
 
     def latest(self) -> Transformer: return self.load(None)
@@ -198,12 +203,15 @@ class Run:
         corpus = make_corpus(self.config.corpus)
         old = self.info.get('corpus_description')
         if old and _corpus_changed(old, corpus.describe()): warnings.warn(
-            f"The corpus of {self.path} differs from the one it was trained on ({_corpus_diff(old, corpus.describe())}): "
+            f"The corpus of {self.path} differs from the one it was trained on "
+            f"({_corpus_diff(old, corpus.describe())}): "
             "measures computed now use the new data. Restore the original corpus for faithful measures.", stacklevel=2)
         return corpus
     @property
     def done(self) -> bool: return bool(self.steps) and self.steps[-1] == self.config.train.steps
-    def __repr__(self): return f"Run({str(self.path)!r}, {len(self.steps)} snapshots, last step {self.steps[-1] if self.steps else None})"
+    def __repr__(self):
+        steps = self.steps
+        return f"Run({str(self.path)!r}, {len(steps)} snapshots, last step {steps[-1] if steps else None})"
 
 # %% ../nbs/01c_store.ipynb #6c9d8e22
 def load_run(path) -> Run:
@@ -216,11 +224,11 @@ def _read_info(run_dir) -> dict:
     path = Path(run_dir)/'config.json'
     try: info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptFileError(f"{path} is not valid JSON ({e}): it was edited or damaged. Restore it from a copy, or train "
-                               "into another directory.") from None
+        raise CorruptFileError(f"{path} is not valid JSON ({e}): it was edited or damaged. Restore it from a copy, or "
+                               "train into another directory.") from None
     if not isinstance(info, dict) or not isinstance(info.get('config'), dict): raise CorruptFileError(
-        f"{path} is not an induction_nb run's config (a JSON object with a \"config\" object), so {Path(run_dir)} is not "
-        "a run directory. Train into another directory; --overwrite never deletes a folder that is not a run.")
+        f"{path} is not an induction_nb run's config (a JSON object with a \"config\" object), so {Path(run_dir)} is "
+        "not a run directory. Train into another directory; --overwrite never deletes a folder that is not a run.")
     return info
 
 def _stored_config(info: dict, path) -> RunConfig:
@@ -229,10 +237,11 @@ def _stored_config(info: dict, path) -> RunConfig:
     except (ValueError, TypeError) as e:
         made = (info.get('versions') or {}).get('induction_nb', 'an unrecorded version')
         if made == induction_nb.__version__: raise ValueError(
-            f"{path} cannot be read: {e}. It was written by this version (induction_nb {made}), so it was edited since: "
-            "undo the edit (or restore the file from a copy), or train into another directory.") from None
+            f"{path} cannot be read: {e}. It was written by this version (induction_nb {made}), so it was edited "
+            "since: undo the edit (or restore the file from a copy), or train into another directory.") from None
         raise ValueError(f"{path} cannot be read by induction_nb {induction_nb.__version__} (it was written by "
-                         f"induction_nb {made}): {e}. Use the version that wrote it, or train into another directory.") from None
+                         f"induction_nb {made}): {e}. Use the version that wrote it, or train into another "
+                         "directory.") from None
 
 # %% ../nbs/01c_store.ipynb #4ff86e71
 def _corpus_changed(old: dict, new: dict) -> bool:
@@ -266,9 +275,9 @@ def _read_metrics(path) -> list[dict]:
     `CorruptFileError` names the file and the lines."""
     rows, bad = _parse_metrics(path)
     if bad: raise CorruptFileError(
-        f"{path} is damaged: line(s) {bad[:5]}{' …' if len(bad) > 5 else ''} are not metric rows (only a torn last line "
-        "is expected after a crash). Re-run the training command for this run directory to rebuild the log (missing rows "
-        "are recomputed), or restore it from a copy.")
+        f"{path} is damaged: line(s) {bad[:5]}{' …' if len(bad) > 5 else ''} are not metric rows (only a torn last "
+        "line is expected after a crash). Re-run the training command for this run directory to rebuild the log "
+        "(missing rows are recomputed), or restore it from a copy.")
     return rows
 
 # %% ../nbs/01c_store.ipynb #05a92869
@@ -318,8 +327,9 @@ def _foreign(run_dir: Path) -> list[str]:
     snapshots/)."""
     ours = {run_dir/'.lock', run_dir/'snapshots', *_own_tmp(run_dir)}
     snaps = sorted((run_dir/'snapshots').iterdir()) if (run_dir/'snapshots').is_dir() else []
-    return ([p.name + '/' * p.is_dir() for p in sorted(run_dir.iterdir()) if p not in ours or p.is_file() and p.name == 'snapshots']
-            + [f"snapshots/{p.name}" for p in snaps if p not in ours])
+    top = [p.name + '/' * p.is_dir() for p in sorted(run_dir.iterdir())
+           if p not in ours or p.is_file() and p.name == 'snapshots']
+    return top + [f"snapshots/{p.name}" for p in snaps if p not in ours]
 
 # %% ../nbs/01c_store.ipynb #35ef2e22
 def _resolve_paths(cfg: RunConfig) -> RunConfig:
@@ -337,8 +347,9 @@ def _lock(run_dir: Path):
     except BlockingIOError:
         pid = os.pread(fd, 32, 0).decode(errors='replace').strip() or 'unknown'
         os.close(fd)
-        raise RunLockedError(f"{run_dir} is in use: process {pid} is training into it (it holds {path}). Wait for it to "
-                             f"finish, or stop it (kill -INT {pid}) and run this again; two writers would mix their files.") from None
+        raise RunLockedError(f"{run_dir} is in use: process {pid} is training into it (it holds {path}). Wait for it "
+                             f"to finish, or stop it (kill -INT {pid}) and run this again; two writers would mix their "
+                             "files.") from None
     me = f"{os.getpid()}\n".encode()
     if os.pread(fd, 64, 0) != me: os.ftruncate(fd, 0); os.pwrite(fd, me, 0)    # who holds it, for the message above
     return fd
@@ -373,17 +384,20 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_c
         stored = _resolve_paths(_stored_config(info, cfg_path))    # missing fields: their defaults
         old = stored.to_dict()
         change = _length_change(old, new) if old != new else None
-        if change == 'same' or (change == 'longer' and extend): longer, cfg, new = cfg if change == 'longer' else None, stored, old
+        if change == 'same' or (change == 'longer' and extend):
+            longer, cfg, new = cfg if change == 'longer' else None, stored, old
         if old != new:
             if not overwrite:
                 diff = [f"{s}.{k}: {old[s].get(k)!r} -> {new[s].get(k)!r}" for s in new
                         for k in sorted(set(old[s]) | set(new[s])) if old[s].get(k) != new[s].get(k)]
                 if change == 'longer': raise ConfigMismatchError(
-                    f"{run_dir} holds a run of {old['train']['steps']} steps and you asked for {new['train']['steps']}. "
-                    "To continue it to the new length (its first part stays as it is) pass extend=True (CLI: --extend); "
-                    "to keep it as it is, train into another directory.", run_dir, '; '.join(diff[:5]), longer=True)
+                    f"{run_dir} holds a run of {old['train']['steps']} steps and you asked for "
+                    f"{new['train']['steps']}. To continue it to the new length (its first part stays as it is) pass "
+                    "extend=True (CLI: --extend); to keep it as it is, train into another directory.",
+                    run_dir, '; '.join(diff[:5]), longer=True)
                 raise ConfigMismatchError(
-                    f"{run_dir} already holds a run with a different config ({'; '.join(diff[:5])}). Train into another "
+                    f"{run_dir} already holds a run with a different config ({'; '.join(diff[:5])}). Train into "
+                    "another "
                     "directory to keep it, or pass overwrite=True (CLI: --overwrite) to delete that run (its config, "
                     "metrics, snapshots, state and measures cache; nothing else in the folder) and start again.",
                     run_dir, '; '.join(diff[:5]))
@@ -393,8 +407,9 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_c
             if was and _corpus_changed(was, now):
                 if not allow_corpus_change: raise CorpusChangedError(
                     f"The corpus of {run_dir} is not the data it was trained on ({_corpus_diff(was, now)}; recorded in "
-                    f"{cfg_path}). Continuing would train on different data. Restore the original corpus; or start a new "
-                    "run in another directory (or with overwrite=True, CLI --overwrite); or, to continue on the new data "
+                    f"{cfg_path}). Continuing would train on different data. Restore the original corpus; or start a "
+                    "new run in another directory (or with overwrite=True, CLI --overwrite); or, to continue on the "
+                    "new data "
                     "anyway, pass allow_corpus_change=True (CLI: --allow-corpus-change).")
                 info = {**info, 'corpus_description': now, 'corpus_history': [*info.get('corpus_history', []), was]}
                 atomic_write(cfg_path, json.dumps(info, indent=2).encode())
@@ -403,7 +418,8 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_c
                                                 extended_from=(*stored.train.extended_from, stored.train.steps)))
                 ext = dict(from_steps=stored.train.steps, to_steps=cfg.train.steps,
                            at_step=_load_state_step(run_dir/'state.safetensors'),
-                           time=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), induction_nb=induction_nb.__version__)
+                           time=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                           induction_nb=induction_nb.__version__)
                 info = {**info, 'config': cfg.to_dict(), 'extensions': [*info.get('extensions', []), ext]}
                 atomic_write(cfg_path, json.dumps(info, indent=2).encode())
     (run_dir/'snapshots').mkdir(exist_ok=True)

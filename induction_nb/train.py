@@ -144,8 +144,9 @@ def _replay(cfg, corpus, run_dir, upto: int, snaps: set, train_steps: set, progr
         losses.append(float(_step(model, model, opt, corpus, cfg, step, 0, tc.batch_size)))
         if (step + 1) % tc.log_every == 0:
             if step + 1 in train_steps:
-                rows.append({'step': step + 1, 'tokens': (step + 1) * tokens_per_step, 'train_loss': sum(losses) / len(losses),
-                             'lr': lr_at(tc, step), 'tok_per_s': len(losses) * tokens_per_step / (time.perf_counter() - t0)})
+                rows.append({'step': step + 1, 'tokens': (step + 1) * tokens_per_step,
+                             'train_loss': sum(losses) / len(losses), 'lr': lr_at(tc, step),
+                             'tok_per_s': len(losses) * tokens_per_step / (time.perf_counter() - t0)})
             losses, t0 = [], time.perf_counter()
     return rows
 
@@ -170,7 +171,8 @@ def _repair_log(cfg, corpus, run_dir, model, start: int, world: int, progress: b
     want_snaps = [s for s in tc.snapshot_steps() if s < start or (keep and s == start)]
     missing_snaps = {s for s in want_snaps if not (run_dir/'snapshots'/_snap_name(s)).exists()}
     if done and start in missing_snaps:              # the final weights are the state's: no need to replay them
-        kept = [r for r in kept if not (r['step'] == start and 'val_loss' in r)] + [_snapshot_row(model, corpus, cfg, run_dir, start)]
+        kept = [r for r in kept if not (r['step'] == start and 'val_loss' in r)]
+        kept.append(_snapshot_row(model, corpus, cfg, run_dir, start))
         missing_snaps.discard(start)
     missing_train = {s for s in range(tc.log_every, start + 1, tc.log_every) if (s, False) not in seen}
     if missing_snaps or missing_train:
@@ -178,8 +180,8 @@ def _repair_log(cfg, corpus, run_dir, model, start: int, world: int, progress: b
             f"{run_dir} lacks snapshots or metric rows before step {start}; run the same command once without torchrun "
             "to rebuild them, then resume under torchrun.")
         upto = max(missing_snaps | missing_train)
-        print(f"{run_dir}: rebuilding {len(missing_snaps)} missing snapshot(s) and {len(missing_train)} train-loss row(s) "
-              f"by replaying steps 0-{upto}.", file=sys.stderr)
+        print(f"{run_dir}: rebuilding {len(missing_snaps)} missing snapshot(s) and {len(missing_train)} train-loss "
+              f"row(s) by replaying steps 0-{upto}.", file=sys.stderr)
         new = _replay(cfg, corpus, run_dir, upto, missing_snaps, missing_train, progress)
         kept = [r for r in kept if not (r['step'] in missing_snaps and 'val_loss' in r)] + new
     have_val = {r['step'] for r in kept if 'val_loss' in r}
@@ -198,7 +200,8 @@ class _LoopState:
     metrics log, the losses not yet logged and the signals received; and the bookkeeping the loop does with them."""
     def __init__(self, cfg, run_dir: Path, corpus, rank: int=0, world: int=1, ex=None, progress: bool=True,
                  on_step: Callable[[int, float], None]|None=None):
-        self.cfg, self.tc, self.run_dir, self.corpus, self.rank, self.world = cfg, cfg.train, run_dir, corpus, rank, world
+        self.cfg, self.tc, self.run_dir, self.corpus = cfg, cfg.train, run_dir, corpus
+        self.rank, self.world = rank, world
         self.ex, self.progress, self.on_step = ex or _Execution(), progress, on_step
         self.state_path, self.metrics_path = run_dir/'state.safetensors', run_dir/'metrics.jsonl'
         self.log, self.losses, self.stop = None, [], []
@@ -214,8 +217,10 @@ class _LoopState:
         self.opt = torch.optim.AdamW(_param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
         meta = _load_state(self.state_path, self.model, self.opt) if resume else {}
         start, self.losses = int(meta.get('step', 0)), [float(x) for x in meta.get('pending_losses', [])]
-        # keep what was logged up to the state we resume from (the snapshot at `start` is redone), fill any gaps before it
-        _on_rank0(self.world, lambda: _repair_log(self.cfg, self.corpus, self.run_dir, self.model, start, self.world, self.progress))
+        # keep what was logged up to the state we resume from (the snapshot at `start` is redone), fill any gaps
+        # before it
+        _on_rank0(self.world, lambda: _repair_log(self.cfg, self.corpus, self.run_dir, self.model, start, self.world,
+                                                  self.progress))
         return start
 
     def emit(self, row: dict):
@@ -306,7 +311,8 @@ def _loop(st: _LoopState, resume: bool) -> Run:
     old_handlers = {}
     if world == 1 and threading.current_thread() is threading.main_thread():
         old_handlers = {s: signal.signal(s, st.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    bar = tqdm(total=tc.steps, initial=start, disable=not st.progress or rank != 0, desc=run_dir.name, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=start, disable=not st.progress or rank != 0, desc=run_dir.name,
+               dynamic_ncols=True)
     st.t0 = time.perf_counter()
     try:
         st.model.train()
@@ -341,8 +347,8 @@ def _train(cfg, run_dir: Path, rank: int, world: int, ex, overwrite: bool=False,
            extend: bool=False, **how) -> Run:
     """Open and lock `run_dir` on rank 0 (every rank learns whether there is state to resume from and the run's config,
     an extended run's included, or the error), then run the loop; `how`: `progress`, `on_step`."""
-    if cfg.train.batch_size % world: raise ValueError(f"TrainConfig.batch_size={cfg.train.batch_size} must be divisible "
-                                                      f"by the number of processes ({world})")
+    if cfg.train.batch_size % world: raise ValueError(
+        f"TrainConfig.batch_size={cfg.train.batch_size} must be divisible by the number of processes ({world})")
     corpus = make_corpus(cfg.corpus)
     # a context longer than the corpus: refused now
     for split in ('train', 'val'): corpus.batch(split, cfg.model.n_ctx, 1)
@@ -387,7 +393,8 @@ def step_seconds(cfg: RunConfig|str, device=None, batch: int=1, repeats: int=2) 
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]): model = Transformer(cfg.model).to(dev)     # leaves the caller's RNG alone
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    x = torch.randint(0, cfg.model.d_vocab, (batch, cfg.model.n_ctx + 1), generator=torch.Generator().manual_seed(0)).to(dev)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.model.d_vocab, (batch, cfg.model.n_ctx + 1), generator=gen).to(dev)
     def step():
         loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
         opt.zero_grad(); loss.backward(); opt.step()
