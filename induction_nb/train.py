@@ -12,12 +12,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .data import make_corpus
 from .model import Transformer, per_token_loss
+# what the loop uses, and the public names that lived here before the split (so `from induction_nb.train import
+# preset, load_run, resolve_device` keeps working)
 from .config import TrainConfig, RunConfig, PRESETS, preset, in_test, preset_for_env
-from .device import (PRECISIONS, resolve_device, describe_device, device_args, device_from_args, execution_kwargs,
-                                 _Execution, _execution, _compiled, _backend)
-from .store import (atomic_write, save_tensors, load_tensors, read_safetensors_header, CorruptFileError,
-                                load_snapshot, Run, load_run, RunLockedError, CorpusChangedError, ConfigMismatchError,
-                                _snap_name, _parse_metrics, _resolve_paths, _open_dir, _unlock, _load_state_step)
+from .device import (
+    PRECISIONS, resolve_device, describe_device, device_args, device_from_args, execution_kwargs,
+    _Execution, _execution, _compiled, _backend)
+from .store import (
+    atomic_write, save_tensors, load_tensors, read_safetensors_header, CorruptFileError, load_snapshot, Run, load_run,
+    RunLockedError, CorpusChangedError, ConfigMismatchError,
+    _snap_name, _parse_metrics, _resolve_paths, _open_dir, _unlock, _load_state_step)
 
 # %% auto #0
 __all__ = ['lr_at', 'val_loss', 'TrainingDiverged', 'TrainingInterrupted', 'train', 'step_seconds']
