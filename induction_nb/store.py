@@ -371,7 +371,48 @@ def _load_state_step(path) -> int|None:
     try: return int(load_tensors(path)[1]['step'])
     except (FileNotFoundError, CorruptFileError, KeyError, ValueError): return None
 
-# %% ../nbs/01c_store.ipynb #ad56d2c2
+# %% ../nbs/01c_store.ipynb #1a12dc8e
+def _mismatch(run_dir: Path, old: dict, new: dict, change: str|None) -> ConfigMismatchError:
+    """The refusal to train config `new` into `run_dir`, which holds the run `old`: a shorter one (`change`: 'longer'),
+    or another."""
+    diff = [f"{s}.{k}: {old[s].get(k)!r} -> {new[s].get(k)!r}" for s in new
+            for k in sorted(set(old[s]) | set(new[s])) if old[s].get(k) != new[s].get(k)]
+    if change == 'longer': return ConfigMismatchError(
+        f"{run_dir} holds a run of {old['train']['steps']} steps and you asked for {new['train']['steps']}. To "
+        "continue it to the new length (its first part stays as it is) pass extend=True (CLI: --extend); to keep it "
+        "as it is, train into another directory.", run_dir, '; '.join(diff[:5]), longer=True)
+    return ConfigMismatchError(
+        f"{run_dir} already holds a run with a different config ({'; '.join(diff[:5])}). Train into another directory "
+        "to keep it, or pass overwrite=True (CLI: --overwrite) to delete that run (its config, metrics, snapshots, "
+        "state and measures cache; nothing else in the folder) and start again.", run_dir, '; '.join(diff[:5]))
+
+# %% ../nbs/01c_store.ipynb #f85cd85c
+def _check_corpus(run_dir: Path, info: dict, corpus, allow_corpus_change: bool=False) -> dict:
+    """`info` (the run's config.json) as it is if `corpus` is the data recorded there; else refused, or, with
+    `allow_corpus_change`, the new description recorded (the old one under `corpus_history`) and written."""
+    was, now = info.get('corpus_description'), corpus.describe()
+    if not was or not _corpus_changed(was, now): return info
+    if not allow_corpus_change: raise CorpusChangedError(
+        f"The corpus of {run_dir} is not the data it was trained on ({_corpus_diff(was, now)}; recorded in "
+        f"{run_dir/'config.json'}). Continuing would train on different data. Restore the original corpus; or start a "
+        "new run in another directory (or with overwrite=True, CLI --overwrite); or, to continue on the new data "
+        "anyway, pass allow_corpus_change=True (CLI: --allow-corpus-change).")
+    info = {**info, 'corpus_description': now, 'corpus_history': [*info.get('corpus_history', []), was]}
+    atomic_write(run_dir/'config.json', json.dumps(info, indent=2).encode())
+    return info
+
+# %% ../nbs/01c_store.ipynb #85889402
+def _extend(run_dir: Path, info: dict, stored: RunConfig, steps: int) -> RunConfig:
+    """The run `stored` continued to `steps`, recorded in its config.json (from and to which length, at which step,
+    when)."""
+    cfg = stored.replace(train=dict(steps=steps, extended_from=(*stored.train.extended_from, stored.train.steps)))
+    ext = dict(from_steps=stored.train.steps, to_steps=steps, at_step=_load_state_step(run_dir/'state.safetensors'),
+               time=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), induction_nb=induction_nb.__version__)
+    info = {**info, 'config': cfg.to_dict(), 'extensions': [*info.get('extensions', []), ext]}
+    atomic_write(run_dir/'config.json', json.dumps(info, indent=2).encode())
+    return cfg
+
+# %% ../nbs/01c_store.ipynb #ec3823b5
 def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_corpus_change: bool=False,
                  extend: bool=False) -> tuple[bool, RunConfig]:
     """Check or create `run_dir` (the caller holds its lock); return whether there is state to resume from, and the
@@ -387,41 +428,11 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, corpus, allow_c
         if change == 'same' or (change == 'longer' and extend):
             longer, cfg, new = cfg if change == 'longer' else None, stored, old
         if old != new:
-            if not overwrite:
-                diff = [f"{s}.{k}: {old[s].get(k)!r} -> {new[s].get(k)!r}" for s in new
-                        for k in sorted(set(old[s]) | set(new[s])) if old[s].get(k) != new[s].get(k)]
-                if change == 'longer': raise ConfigMismatchError(
-                    f"{run_dir} holds a run of {old['train']['steps']} steps and you asked for "
-                    f"{new['train']['steps']}. To continue it to the new length (its first part stays as it is) pass "
-                    "extend=True (CLI: --extend); to keep it as it is, train into another directory.",
-                    run_dir, '; '.join(diff[:5]), longer=True)
-                raise ConfigMismatchError(
-                    f"{run_dir} already holds a run with a different config ({'; '.join(diff[:5])}). Train into "
-                    "another "
-                    "directory to keep it, or pass overwrite=True (CLI: --overwrite) to delete that run (its config, "
-                    "metrics, snapshots, state and measures cache; nothing else in the folder) and start again.",
-                    run_dir, '; '.join(diff[:5]))
+            if not overwrite: raise _mismatch(run_dir, old, new, change)
             _remove_run(run_dir)
         else:
-            was, now = info.get('corpus_description'), corpus.describe()
-            if was and _corpus_changed(was, now):
-                if not allow_corpus_change: raise CorpusChangedError(
-                    f"The corpus of {run_dir} is not the data it was trained on ({_corpus_diff(was, now)}; recorded in "
-                    f"{cfg_path}). Continuing would train on different data. Restore the original corpus; or start a "
-                    "new run in another directory (or with overwrite=True, CLI --overwrite); or, to continue on the "
-                    "new data "
-                    "anyway, pass allow_corpus_change=True (CLI: --allow-corpus-change).")
-                info = {**info, 'corpus_description': now, 'corpus_history': [*info.get('corpus_history', []), was]}
-                atomic_write(cfg_path, json.dumps(info, indent=2).encode())
-            if longer:                                   # extend: record what, when and from which step
-                cfg = stored.replace(train=dict(steps=longer.train.steps,
-                                                extended_from=(*stored.train.extended_from, stored.train.steps)))
-                ext = dict(from_steps=stored.train.steps, to_steps=cfg.train.steps,
-                           at_step=_load_state_step(run_dir/'state.safetensors'),
-                           time=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                           induction_nb=induction_nb.__version__)
-                info = {**info, 'config': cfg.to_dict(), 'extensions': [*info.get('extensions', []), ext]}
-                atomic_write(cfg_path, json.dumps(info, indent=2).encode())
+            info = _check_corpus(run_dir, info, corpus, allow_corpus_change)
+            if longer: cfg = _extend(run_dir, info, stored, longer.train.steps)
     (run_dir/'snapshots').mkdir(exist_ok=True)
     # a run killed in the middle of `atomic_write` leaves its temp file behind (the target is untouched); the lock
     # says no other process writes here, so any such `*.tmp` is a leftover
