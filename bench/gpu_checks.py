@@ -21,7 +21,6 @@ import argparse, json, os, shutil, subprocess, sys, tarfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LADDER = (32, 64, 256)
 
 
 def patch_corpus():
@@ -37,18 +36,15 @@ def patch_corpus():
 
 
 def job_configs(quick: bool) -> dict:
-    "{job name: (run dir name, RunConfig, precision)} of the runs of stage 2."
-    from induction_nb.train import preset
+    "{job name: (run dir name, RunConfig, precision)} of the runs of stage 2: `induction_nb.scale.scale_runs()`, by label."
+    from induction_nb.scale import scale_runs
     small = lambda c: c.replace(train=dict(steps=30, snapshots_log=4, snapshots_lin=3, warmup_steps=5, checkpoint_every=10,
-                                           val_windows=4), model=dict(n_ctx=64)) if quick else c
-    jobs = {f'ladder-d{d}': (f'stdlib-2l-d{d}-s0', preset('stdlib-2l', model=dict(d_model=d, n_heads=d // 32)), 'fp32')
-            for d in LADDER}
-    for n in (1, 2, 3): jobs[f'paper-{n}l'] = (f'paper-{n}l-s0', preset(f'paper-{n}l'), 'bf16')
-    jobs['paper-2l-default-recipe'] = ('paper-2l-lr2e-3-b16-s0', preset('paper-2l', train=dict(lr=2e-3, batch_size=16)), 'bf16')
-    if quick:
-        jobs = {k: (d, small(c.replace(model=dict(d_model=64, n_heads=2)) if k.startswith('paper') else c), p)
-                for k, (d, c, p) in jobs.items()}
-    return jobs
+                                           val_windows=4), model=dict(n_ctx=64, d_model=min(64, c.model.d_model),
+                                                                      n_heads=min(2, c.model.n_heads)))
+    return {label: (d, small(c) if quick else c, p) for label, (d, c, p) in scale_runs().items()}
+
+
+def quick_ladder(name: str, a) -> bool: return a.quick and not name.startswith('d768')
 
 
 def run_job(name: str, a):
@@ -75,10 +71,10 @@ def run_job(name: str, a):
     model = run.load(run.steps[-1], device=a.device)
     if cfg.model.n_layers >= 2:
         np.savez_compressed(res/dirname/'composition.npz', **{k: composition_scores(model, k).cpu().numpy() for k in 'QKV'})
-    if name.startswith('ladder'):
+    if cfg.model.n_ctx == 512 or quick_ladder(name, a):
         (res.parent/'snaps').mkdir(exist_ok=True)
         shutil.copy(run.snapshot_path(run.steps[-1]), res.parent/'snaps'/f'{dirname}.safetensors')
-    if cfg.model.n_layers >= 2 and not name.endswith('recipe'):
+    if cfg.model.n_layers >= 2 and 'recipe' not in name:
         from induction_nb.ablation import compute_ablation
         from induction_nb.zoo import head_window
         w = t.window() or head_window(t)
@@ -89,7 +85,7 @@ def run_job(name: str, a):
                              device=a.device).save(res/dirname/'ablation')
             log['ablation_s'] = round(time.perf_counter() - t2, 1)
         done()
-        if name in ('ladder-d256', 'paper-2l'):
+        if name in ('d256 2L', 'd768 2L'):
             from induction_nb.circuits import find_circuit, mechanism_results, save_mechanism
             t3 = time.perf_counter()
             try:
@@ -219,7 +215,7 @@ def orchestrate(a):
     # stage 2: in parallel
     th = max(1, (os.cpu_count() or 2) // 9)
     procs = {'main-bf16': spawn(['main', 'bf16'], a, 'main-bf16', th), 'nccl': spawn(['nccl'], a, 'nccl', th)}
-    procs |= {n: spawn(['job', n], a, n, th) for n in job_configs(a.quick)}
+    procs |= {n: spawn(['job', n], a, d, th) for n, (d, c, p) in job_configs(a.quick).items()}
     status |= wait(procs, deadline - 25, t_start)
     pack(a, status)
     # stage 3: compiled, alone, only if stage 2 ended early enough
