@@ -135,8 +135,16 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=3, help="interleaved rounds of ours/plain")
     p.add_argument('--no-compile', action='store_true', help="skip the compiled configurations")
+    p.add_argument('--shapes', nargs='+', default=None, metavar='TEXT',
+                   help="only the shapes whose name contains one of these (e.g. 'default'); default: all")
+    p.add_argument('--compile-shapes', nargs='+', default=None, metavar='TEXT',
+                   help="compile only these shapes (name contains one of them; compiling takes ~half a minute each on a GPU); "
+                        "default: all that run")
+    p.add_argument('--batches', nargs='+', type=int, default=None, help="only these batch sizes (default: each shape's)")
+    p.add_argument('--no-checks', action='store_true', help="skip the device checks")
     p.add_argument('--out', default=None, help="JSON file to write (default: print only)")
     a = p.parse_args(argv)
+    pick = lambda name, keys: keys is None or any(k in name for k in keys)
     torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     print(f"device: {describe_device(device)}", flush=True)
@@ -144,8 +152,11 @@ def main(argv=None):
     configs = [('fp32', False), ('bf16', False)] + ([] if a.no_compile else [('fp32', True), ('bf16', True)])
     rows = []
     for sname, shape in shapes.items():
+        if not pick(sname, a.shapes): continue
         for batch in shape[4]:
+            if a.batches and batch not in a.batches: continue
             for precision, compiled in configs:
+                if compiled and not pick(sname, a.compile_shapes): continue
                 times, peaks, errors = {'ours': [], 'plain': []}, {}, {}
                 for r in range(1 if compiled else a.repeats):           # compiling takes a while: one round
                     for impl in (('ours', 'plain') if r % 2 == 0 else ('plain', 'ours')):
@@ -164,7 +175,7 @@ def main(argv=None):
                     else: row[f'{impl}_error'] = errors.get(impl)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    checks = device_checks(device)
+    checks = [] if a.no_checks else device_checks(device)
     for c in checks: print(json.dumps(c), flush=True)
     out = dict(date=datetime.date.today().isoformat(), device=describe_device(device), torch=torch.__version__,
                machine=f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores" if device.type != 'cuda' else torch.cuda.get_device_name(device),

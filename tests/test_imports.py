@@ -1,5 +1,5 @@
 """The package's import graph runs one way: tables (number and table formatting, importing nothing of the package) and data (with device: where a run executes) → model → config → store → train → scores → sweep → experiment → phase, with the
-TransformerLens interop beside the scores, the argument chapters (zoo; smeared, ablation and circuits; then examples) after the phase change, and the site (its pages,
+TransformerLens interop beside the scores, the argument chapters (zoo; smeared, ablation, circuits and scale; then examples) after the phase change, and the site (its pages,
 then the build) and CLI on top. Run this file to print the graph."""
 import ast
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1]/'induction_nb'
 LAYERS = {'tables': 0, 'data': 0, 'device': 0, 'model': 1, 'config': 2, 'store': 3, 'train': 4, 'scores': 3, 'interop': 3,
           'sweep': 4, 'experiment': 5, 'phase': 6,
-          'zoo': 7, 'smeared': 8, 'ablation': 8, 'circuits': 8, 'examples': 9,   # the argument chapters
+          'zoo': 7, 'smeared': 8, 'ablation': 8, 'circuits': 8, 'scale': 8, 'examples': 9,   # the argument chapters
           'pages': 9, 'site': 10, 'cli': 11}
 
 def import_graph() -> dict[str, set[str]]:
